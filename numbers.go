@@ -1,0 +1,204 @@
+package main
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// phoneNumber is a number in the inventory, in the wire format agreed with the
+// front end: "monthyPrice" is that agreement's spelling.
+type phoneNumber struct {
+	ID           int64  `json:"id"`
+	Value        string `json:"value"`
+	MonthlyPrice Money  `json:"monthyPrice"`
+	SetupPrice   Money  `json:"setupPrice"`
+	Currency     string `json:"currency"`
+}
+
+// numberInput is the body of a POST, PUT or PATCH. Input accepts the agreed
+// "monthyPrice" and the correctly spelled "monthlyPrice".
+type numberInput struct {
+	Value        optional[string] `json:"value"`
+	MonthyPrice  moneyInput       `json:"monthyPrice"`
+	MonthlyPrice moneyInput       `json:"monthlyPrice"`
+	SetupPrice   moneyInput       `json:"setupPrice"`
+	Currency     optional[string] `json:"currency"`
+}
+
+// apply checks in and writes the fields it sets into n. With partial false
+// (POST, PUT) every field is required.
+func (in *numberInput) apply(n *phoneNumber, partial bool, c *checker) {
+	if in.Value.Set || !partial {
+		if d := checkNumberValue(in.Value.Value); d != "" {
+			c.add("value", "%s", d)
+		} else {
+			n.Value = strings.TrimSpace(in.Value.Value)
+		}
+	}
+	monthly, name := in.MonthyPrice, "monthyPrice"
+	if in.MonthlyPrice.set {
+		if in.MonthyPrice.set && in.MonthyPrice.text != in.MonthlyPrice.text {
+			c.add("monthlyPrice", "must equal monthyPrice when both are given")
+		}
+		monthly, name = in.MonthlyPrice, "monthlyPrice"
+	}
+	applyMoney(monthly, name, &n.MonthlyPrice, partial, c)
+	applyMoney(in.SetupPrice, "setupPrice", &n.SetupPrice, partial, c)
+	if in.Currency.Set || !partial {
+		if d := checkNumberCurrency(in.Currency.Value); d != "" {
+			c.add("currency", "%s", d)
+		} else {
+			n.Currency = in.Currency.Value
+		}
+	}
+	if partial && !in.Value.Set && !monthly.set && !in.SetupPrice.set && !in.Currency.Set {
+		c.fields = append(c.fields, fieldError{Pointer: "#", Detail: "must set at least one of value, monthyPrice, setupPrice, currency"})
+	}
+}
+
+// applyMoney parses a price into dst, or reports why it cannot.
+func applyMoney(in moneyInput, name string, dst *Money, partial bool, c *checker) {
+	if !in.set && partial {
+		return
+	}
+	if !in.set {
+		c.add(name, "is required")
+		return
+	}
+	m, err := parseMoney(in.text)
+	if err != nil {
+		c.add(name, "%s", err.Error())
+		return
+	}
+	*dst = m
+}
+
+// checkNumberValue accepts a phone number written with digits and the usual
+// separators, holding 8 to 15 digits.
+func checkNumberValue(s string) string {
+	s = strings.TrimSpace(s)
+	if n := len(digitsOf(s)); n < 8 || n > 15 || len(s) > 32 {
+		return "must hold 8 to 15 digits, e.g. +55 84 91234-4321 or +5584912344321"
+	}
+	for i, r := range s {
+		if !(r >= '0' && r <= '9' || r == ' ' || r == '-' || r == '(' || r == ')' || r == '.' || r == '+' && i == 0) {
+			return "may hold only digits, spaces, '-', '(', ')', '.' and a leading '+', e.g. +55 84 91234-4321"
+		}
+	}
+	return ""
+}
+
+// checkNumberCurrency accepts 1 to 8 printable characters, such as "U$".
+func checkNumberCurrency(s string) string {
+	if n := utf8.RuneCountInString(s); n < 1 || n > 8 || strings.TrimSpace(s) != s {
+		return "must be 1 to 8 printable characters, e.g. U$ or USD"
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return "must be 1 to 8 printable characters, e.g. U$ or USD"
+		}
+	}
+	return ""
+}
+
+func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
+	var in numberInput
+	if err := decodeJSON(w, r, maxBody, &in); err != nil {
+		fail(w, r, err)
+		return
+	}
+	var n phoneNumber
+	c := newChecker()
+	in.apply(&n, false, c)
+	if err := c.err(); err != nil {
+		fail(w, r, err)
+		return
+	}
+	created, err := s.store.createNumber(r.Context(), n, subject(r))
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/numbers/"+strconv.FormatInt(created.ID, 10))
+	writeJSON(w, http.StatusCreated, created)
+}
+
+func (s *server) handleListNumbers(w http.ResponseWriter, r *http.Request) {
+	c := newChecker()
+	p := parsePage(r.URL.Query(), 'n', false, c)
+	if err := c.err(); err != nil {
+		fail(w, r, err)
+		return
+	}
+	ns, err := s.store.listNumbers(r.Context(), p)
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	writePage(w, r, ns, p.limit, func(n phoneNumber) cursor { return cursor{Kind: 'n', ID: n.ID} })
+}
+
+func (s *server) handleGetNumber(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err == nil {
+		var n phoneNumber
+		if n, err = s.store.getNumber(r.Context(), id); err == nil {
+			writeJSON(w, http.StatusOK, n)
+			return
+		}
+	}
+	fail(w, r, err)
+}
+
+func (s *server) handleReplaceNumber(w http.ResponseWriter, r *http.Request) {
+	s.updateNumber(w, r, false)
+}
+func (s *server) handlePatchNumber(w http.ResponseWriter, r *http.Request) {
+	s.updateNumber(w, r, true)
+}
+
+// updateNumber serves PUT (partial false: a full replacement, every field
+// required) and PATCH. The body is checked before the row is read, so a bad
+// body answers 422 for a number that does not exist as well as one that does.
+func (s *server) updateNumber(w http.ResponseWriter, r *http.Request, partial bool) {
+	id, err := pathID(r)
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	var in numberInput
+	if err := decodeJSON(w, r, maxBody, &in); err != nil {
+		fail(w, r, err)
+		return
+	}
+	c := newChecker()
+	in.apply(&phoneNumber{}, partial, c)
+	if err := c.err(); err != nil {
+		fail(w, r, err)
+		return
+	}
+	updated, err := s.store.updateNumber(r.Context(), id, func(n *phoneNumber) error {
+		in.apply(n, partial, newChecker())
+		return nil
+	})
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, updated)
+}
+
+func (s *server) handleDeleteNumber(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err == nil {
+		err = s.store.deleteNumber(r.Context(), id)
+	}
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

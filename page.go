@@ -1,0 +1,124 @@
+package main
+
+import (
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lists are paged by keyset: a cursor holds the sort key of the last row a
+// client saw, so a page costs one index range scan however deep it is, and
+// rows inserted meanwhile never shift or repeat what follows.
+const (
+	defaultLimit = 20
+	maxLimit     = 100
+)
+
+// cursor is the position after which the next page starts. Lists ordered by
+// id use ID alone; lists ordered newest first also use Time. Kind ties a
+// cursor to the list that issued it.
+type cursor struct {
+	Kind byte
+	Time time.Time
+	ID   int64
+}
+
+// encode makes the cursor opaque: clients must treat it as a token.
+func (c cursor) encode() string {
+	b := make([]byte, 0, 40)
+	b = append(b, c.Kind, '.')
+	if !c.Time.IsZero() {
+		b = strconv.AppendInt(b, c.Time.UnixMicro(), 36)
+		b = append(b, '.')
+	}
+	b = strconv.AppendInt(b, c.ID, 36)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// decodeCursor parses a cursor issued for a list of the given kind; withTime
+// says whether that list's cursors carry a time.
+func decodeCursor(s string, kind byte, withTime bool) (cursor, bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(raw) < 3 || raw[0] != kind || raw[1] != '.' {
+		return cursor{}, false
+	}
+	parts := strings.Split(string(raw[2:]), ".")
+	c := cursor{Kind: kind}
+	if withTime {
+		if len(parts) != 2 {
+			return cursor{}, false
+		}
+		micros, err := strconv.ParseInt(parts[0], 36, 64)
+		if err != nil {
+			return cursor{}, false
+		}
+		c.Time = time.UnixMicro(micros).UTC()
+		parts = parts[1:]
+	}
+	if len(parts) != 1 {
+		return cursor{}, false
+	}
+	id, err := strconv.ParseInt(parts[0], 36, 64)
+	if err != nil || id <= 0 {
+		return cursor{}, false
+	}
+	c.ID = id
+	return c, true
+}
+
+// pageRequest is a list's limit and the cursor to start after (nil for the
+// first page).
+type pageRequest struct {
+	limit int
+	after *cursor
+}
+
+// parsePage reads limit and after from q; c collects what is wrong with them.
+func parsePage(q url.Values, kind byte, withTime bool, c *checker) pageRequest {
+	p := pageRequest{limit: defaultLimit}
+	if v := q.Get("limit"); v != "" || q.Has("limit") {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLimit {
+			c.fields = append(c.fields, fieldError{Parameter: "limit", Detail: "limit must be an integer from 1 to 100"})
+		} else {
+			p.limit = n
+		}
+	}
+	if q.Has("after") {
+		cur, ok := decodeCursor(q.Get("after"), kind, withTime)
+		if !ok {
+			c.fields = append(c.fields, fieldError{Parameter: "after", Detail: "after must be a next_cursor value returned by this list"})
+		} else {
+			p.after = &cur
+		}
+	}
+	return p
+}
+
+// listPage is the body of every list response.
+type listPage[T any] struct {
+	Data       []T     `json:"data"`
+	NextCursor *string `json:"next_cursor"`
+}
+
+// writePage answers a list. rows holds up to limit+1 items: the extra one only
+// proves that a next page exists. next makes the cursor for the last row kept.
+func writePage[T any](w http.ResponseWriter, r *http.Request, rows []T, limit int, next func(T) cursor) {
+	page := listPage[T]{Data: rows}
+	if page.Data == nil {
+		page.Data = []T{}
+	}
+	if len(rows) > limit {
+		page.Data = rows[:limit]
+		token := next(page.Data[limit-1]).encode()
+		page.NextCursor = &token
+		q := r.URL.Query()
+		q.Set("after", token)
+		q.Set("limit", strconv.Itoa(limit))
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+	}
+	writeJSON(w, http.StatusOK, page)
+}
