@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+)
+
+// The service is an OAuth2 resource server: it verifies the bearer access
+// token on each request and checks its scopes, and does nothing else. There
+// are no sessions, no cookies, and no way to turn verification off.
+//
+// Clock skew: go-oidc allows a token's nbf to be up to five minutes in the
+// future and gives exp no leeway. Providers issue access tokens with nbf at
+// or before the moment of issue, so the five minutes only absorb a provider
+// clock running ahead; an expired token is refused at once, since a client
+// that holds one can always get a fresh token.
+
+// signingAlgs are the signatures accepted. Symmetric algorithms and "none"
+// are absent on purpose: a public JWKS key must never verify an HMAC.
+var signingAlgs = []string{
+	oidc.RS256, oidc.RS384, oidc.RS512,
+	oidc.ES256, oidc.ES384, oidc.ES512,
+	oidc.PS256, oidc.PS384, oidc.PS512,
+	oidc.EdDSA,
+}
+
+// authenticator verifies access tokens issued by one provider for one
+// audience. Keys come from the provider's JWKS and are refetched when a token
+// names a key id not seen before, so key rotation needs no restart.
+type authenticator struct {
+	verifier *oidc.IDTokenVerifier
+	log      *slog.Logger
+}
+
+// newAuthenticator discovers the provider at issuer, retrying for up to
+// patience so that a provider starting alongside the service is waited for.
+// client makes every request to the provider, discovery and key fetches.
+func newAuthenticator(ctx context.Context, issuer, audience string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
+	// go-oidc takes its HTTP client from the context, and keeps this context
+	// for later key fetches: it must live as long as the service.
+	ctx = oidc.ClientContext(ctx, client)
+	deadline := time.Now().Add(patience)
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		provider, err := oidc.NewProvider(ctx, issuer)
+		if err == nil {
+			return &authenticator{
+				verifier: provider.Verifier(&oidc.Config{ClientID: audience, SupportedSigningAlgs: signingAlgs}),
+				log:      log,
+			}, nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s failed: %w", strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", err)
+		}
+		log.Warn("OIDC discovery failed; retrying", "issuer", issuer, "error", err, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// principal is who a verified token speaks for, and what it may do.
+type principal struct {
+	subject string
+	scopes  map[string]bool
+}
+
+type principalKey struct{}
+
+// subject returns the verified token's sub for the request.
+func subject(r *http.Request) string {
+	if p, ok := r.Context().Value(principalKey{}).(*principal); ok {
+		return p.subject
+	}
+	return ""
+}
+
+// errNoToken is a request without an Authorization header.
+var errNoToken = errors.New("no Authorization header")
+
+// verify checks raw's signature, issuer, audience and expiry, and returns
+// the principal it names.
+func (a *authenticator) verify(ctx context.Context, raw string) (*principal, error) {
+	tok, err := a.verifier.Verify(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	var claims struct {
+		Scope       string          `json:"scope"`
+		Scp         json.RawMessage `json:"scp"`
+		Permissions []string        `json:"permissions"`
+	}
+	if err := tok.Claims(&claims); err != nil {
+		return nil, fmt.Errorf("claims: %w", err)
+	}
+	if tok.Subject == "" {
+		return nil, errors.New("the token has no sub")
+	}
+	p := &principal{subject: tok.Subject, scopes: map[string]bool{}}
+	for _, s := range strings.Fields(claims.Scope) {
+		p.scopes[s] = true
+	}
+	// scp is an array at most providers and a space-separated string at some.
+	var scp []string
+	if err := json.Unmarshal(claims.Scp, &scp); err != nil {
+		var s string
+		if json.Unmarshal(claims.Scp, &s) == nil {
+			scp = strings.Fields(s)
+		}
+	}
+	for _, s := range append(scp, claims.Permissions...) {
+		p.scopes[s] = true
+	}
+	return p, nil
+}
+
+// bearerToken returns the token of an "Authorization: Bearer <token>" header.
+func bearerToken(header string) (string, error) {
+	if header == "" {
+		return "", errNoToken
+	}
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+		return "", errors.New("the Authorization header is not a Bearer token")
+	}
+	return strings.TrimSpace(token), nil
+}
+
+// require lets a request through to next only with a valid token carrying
+// scope. Every failure to authenticate answers 401 with nothing more
+// specific than invalid_token; the reason goes to the log.
+func (a *authenticator) require(scope string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, err := bearerToken(r.Header.Get("Authorization"))
+		var p *principal
+		if err == nil {
+			p, err = a.verify(r.Context(), raw)
+		}
+		if err != nil {
+			if errors.Is(err, errNoToken) {
+				w.Header().Set("WWW-Authenticate", "Bearer")
+				writeProblem(w, http.StatusUnauthorized, "this route needs a bearer access token", nil)
+				return
+			}
+			a.log.InfoContext(r.Context(), "token rejected", "request_id", requestInfoFrom(r.Context()).id, "reason", err.Error())
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			writeProblem(w, http.StatusUnauthorized, "the access token is not valid", nil)
+			return
+		}
+		requestInfoFrom(r.Context()).subject = p.subject
+		if !p.scopes[scope] {
+			w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+scope+`"`)
+			writeProblem(w, http.StatusForbidden, "this route needs the scope "+scope, nil)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
