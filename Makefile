@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+COVERAGE_MIN ?= 80
+GO ?= go
+
+.PHONY: run test cover vet fmt lint-deploy bench clean
+
+## run: the service on the local PostgreSQL, with a development token issuer, ready for curl
+run:
+	@scripts/run-local.sh
+
+## test: vet, then the whole suite with -race against a real PostgreSQL, failing under $(COVERAGE_MIN)% coverage
+test:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	scripts/with-postgres.sh $(GO) test -race -count=1 -coverpkg=./... -coverprofile=coverage.out ./...
+	@total=$$($(GO) tool cover -func=coverage.out | awk '/^total:/ {sub("%","",$$3); print $$3}'); \
+	echo "statement coverage: $$total% (minimum $(COVERAGE_MIN)%)"; \
+	awk -v t="$$total" -v m="$(COVERAGE_MIN)" 'BEGIN { exit !(t >= m) }' || { echo "coverage below $(COVERAGE_MIN)%"; exit 1; }
+
+## cover: open the coverage report of the last `make test`
+cover:
+	$(GO) tool cover -html=coverage.out
+
+## lint-deploy: actionlint, helm lint/template, ansible syntax check, compose files
+lint-deploy:
+	scripts/lint-deploy.sh
+
+clean:
+	rm -rf coverage.out .dev
