@@ -32,36 +32,56 @@ type server struct {
 	openapi  []byte
 }
 
-// routes is the whole API and its access policy: every route, with the scope
-// a token must carry to use it ("" for the unauthenticated ones).
+// route is one entry of the API: a ServeMux pattern, the scope a token must
+// carry to use it ("" for the unauthenticated ones), and its handler.
+type route struct {
+	pattern string
+	scope   string
+	handler http.HandlerFunc
+}
+
+// routeTable is the whole API and its access policy at a glance.
+func (s *server) routeTable() []route {
+	return []route{
+		{"GET /healthz", "", s.handleHealth},
+		{"GET /readyz", "", s.handleReady},
+		{"GET /openapi.yaml", "", s.handleOpenAPI},
+
+		{"POST /v1/customers", "customers:write", s.handleCreateCustomer},
+		{"GET /v1/customers", "customers:read", s.handleListCustomers},
+		{"GET /v1/customers/{id}", "customers:read", s.handleGetCustomer},
+		{"PATCH /v1/customers/{id}", "customers:write", s.handlePatchCustomer},
+		{"DELETE /v1/customers/{id}", "customers:write", s.handleDeleteCustomer},
+		{"POST /v1/customers/import", "customers:write", s.handleImportCustomers},
+
+		{"POST /v1/orders", "orders:write", s.handleCreateOrder},
+		{"GET /v1/orders", "orders:read", s.handleListOrders},
+		{"GET /v1/orders/{id}", "orders:read", s.handleGetOrder},
+		{"POST /v1/orders/import", "orders:write", s.handleImportOrders},
+
+		{"GET /v1/numbers", "numbers:read", s.handleListNumbers},
+		{"POST /v1/numbers", "numbers:write", s.handleCreateNumber},
+		{"GET /v1/numbers/{id}", "numbers:read", s.handleGetNumber},
+		{"PUT /v1/numbers/{id}", "numbers:write", s.handleReplaceNumber},
+		{"PATCH /v1/numbers/{id}", "numbers:write", s.handlePatchNumber},
+		{"DELETE /v1/numbers/{id}", "numbers:write", s.handleDeleteNumber},
+	}
+}
+
+// routes returns the service's handler: the route table on a ServeMux, each
+// authenticated route behind its scope check, all behind observe.
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern, scope string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.auth.require(scope, h))
+	for _, rt := range s.routeTable() {
+		var h http.Handler = rt.handler
+		if rt.scope == "" && strings.Contains(rt.pattern, " /v1/") {
+			panic("route " + rt.pattern + " has no scope: every /v1/ route is authenticated")
+		}
+		if rt.scope != "" {
+			h = s.auth.require(rt.scope, h)
+		}
+		mux.Handle(rt.pattern, h)
 	}
-	mux.HandleFunc("GET /healthz", s.handleHealth)
-	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.HandleFunc("GET /openapi.yaml", s.handleOpenAPI)
-
-	route("POST /v1/customers", "customers:write", s.handleCreateCustomer)
-	route("GET /v1/customers", "customers:read", s.handleListCustomers)
-	route("GET /v1/customers/{id}", "customers:read", s.handleGetCustomer)
-	route("PATCH /v1/customers/{id}", "customers:write", s.handlePatchCustomer)
-	route("DELETE /v1/customers/{id}", "customers:write", s.handleDeleteCustomer)
-	route("POST /v1/customers/import", "customers:write", s.handleImportCustomers)
-
-	route("POST /v1/orders", "orders:write", s.handleCreateOrder)
-	route("GET /v1/orders", "orders:read", s.handleListOrders)
-	route("GET /v1/orders/{id}", "orders:read", s.handleGetOrder)
-	route("POST /v1/orders/import", "orders:write", s.handleImportOrders)
-
-	route("GET /v1/numbers", "numbers:read", s.handleListNumbers)
-	route("POST /v1/numbers", "numbers:write", s.handleCreateNumber)
-	route("GET /v1/numbers/{id}", "numbers:read", s.handleGetNumber)
-	route("PUT /v1/numbers/{id}", "numbers:write", s.handleReplaceNumber)
-	route("PATCH /v1/numbers/{id}", "numbers:write", s.handlePatchNumber)
-	route("DELETE /v1/numbers/{id}", "numbers:write", s.handleDeleteNumber)
-
 	return s.observe(mux)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // The store and the decoders report failures with these few error types; one
@@ -46,11 +47,20 @@ type validationError struct {
 	fields []fieldError
 }
 
+// Error is the problem's detail: the summary when there is one, else the
+// lone field's error prefixed with the field's name.
 func (e *validationError) Error() string {
-	if len(e.fields) == 1 {
-		return e.fields[0].Detail
+	if e.detail != "" || len(e.fields) != 1 {
+		return e.detail
 	}
-	return e.detail
+	f := e.fields[0]
+	switch {
+	case f.Row > 0 || f.Parameter != "":
+		return f.Detail // already names its row or parameter
+	case f.Pointer == "#":
+		return "the body " + f.Detail
+	}
+	return strings.TrimPrefix(f.Pointer, "#/") + " " + f.Detail
 }
 
 // checker collects field errors so that a client learns about every bad field
@@ -76,7 +86,10 @@ func (c *checker) err() error {
 	if len(c.fields) == 0 {
 		return nil
 	}
-	return &validationError{detail: "the request has invalid fields; see errors", fields: c.fields}
+	if len(c.fields) == 1 {
+		return &validationError{fields: c.fields}
+	}
+	return &validationError{detail: strconv.Itoa(len(c.fields)) + " fields are invalid; see errors", fields: c.fields}
 }
 
 func newChecker() *checker { return &checker{prefix: "#"} }

@@ -103,6 +103,17 @@ func (m Money) MarshalJSON() ([]byte, error) {
 	return append(b, '"'), nil
 }
 
+// UnmarshalJSON reads the string form MarshalJSON writes.
+func (m *Money) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := parseMoney(s)
+	*m = v
+	return err
+}
+
 // moneyInput is what a client may send for an amount: a JSON string or a JSON
 // number, kept as text until validation so that every bad field is reported
 // together rather than failing the whole decode.

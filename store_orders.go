@@ -1,0 +1,313 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The SQL of orders: reading them, and placing them with their outbox rows.
+
+const orderSelect = `
+	SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
+	       n.channel, n.status, n.attempts, n.last_error, n.sent_at
+	FROM orders o LEFT JOIN notifications n ON n.order_id = o.id`
+
+func scanOrder(row interface{ Scan(...any) error }) (order, error) {
+	var (
+		o        order
+		channel  sql.NullString
+		status   sql.NullString
+		attempts sql.NullInt64
+		lastErr  sql.NullString
+		sentAt   sql.NullTime
+	)
+	err := row.Scan(&o.ID, &o.CustomerID, &o.Item, &o.Amount, &o.Currency, &o.Time, &o.CreatedBy,
+		&channel, &status, &attempts, &lastErr, &sentAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return o, errNotFound
+	}
+	o.Time = o.Time.UTC()
+	if channel.Valid {
+		n := &notificationView{Channel: channel.String, Status: status.String, Attempts: int(attempts.Int64)}
+		if lastErr.Valid {
+			n.LastError = &lastErr.String
+		}
+		if sentAt.Valid {
+			t := sentAt.Time.UTC()
+			n.SentAt = &t
+		}
+		o.Notification = n
+	}
+	return o, err
+}
+
+// getOrder returns one order with its notification, or errNotFound.
+func (s *store) getOrder(ctx context.Context, id int64) (order, error) {
+	return scanOrder(s.db.QueryRowContext(ctx, orderSelect+` WHERE o.id = $1`, id))
+}
+
+// orderFilter narrows a list of orders; zero values do not filter.
+type orderFilter struct {
+	customerID   int64
+	customerCode string
+}
+
+// listOrders returns up to limit+1 orders, newest first, after the cursor.
+func (s *store) listOrders(ctx context.Context, f orderFilter, p pageRequest) ([]order, error) {
+	// The query is assembled from fixed fragments so that each filter
+	// combination gets a plan that uses the matching index.
+	var (
+		where []string
+		args  []any
+	)
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if f.customerID != 0 {
+		where = append(where, "o.customer_id = "+arg(f.customerID))
+	}
+	if f.customerCode != "" {
+		where = append(where, "o.customer_id = (SELECT id FROM customers WHERE code = "+arg(f.customerCode)+")")
+	}
+	if p.after != nil {
+		where = append(where, "(o.time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
+	}
+	query := orderSelect
+	if len(where) > 0 {
+		query += " WHERE " + strings.Join(where, " AND ")
+	}
+	query += " ORDER BY o.time DESC, o.id DESC LIMIT " + arg(p.limit+1)
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var os []order
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			return nil, err
+		}
+		os = append(os, o)
+	}
+	return os, rows.Err()
+}
+
+// placement is a request to place orders: one from POST /v1/orders, many
+// from an import.
+type placement struct {
+	by     string
+	drafts []orderDraft
+	// outbox returns the notification to queue for a placed order, nil for
+	// none, or a validationError's detail for the channel field. A nil
+	// outbox queues nothing (an import with notify=false).
+	outbox func(d orderDraft, o order, c customer) (*outboxRow, string)
+	// at returns the checker that names draft i in errors.
+	at          func(i int) *checker
+	idempotency *idempotency
+}
+
+// idempotency is a client's Idempotency-Key and the fingerprint of the
+// request that came with it.
+type idempotency struct {
+	key         string
+	fingerprint []byte
+}
+
+// outboxRow is a notification waiting in the outbox.
+type outboxRow struct {
+	channel, recipient, subject, message string
+}
+
+// placeOrders is the one way orders come into being. In one transaction it
+// finds each order's customer, inserts the orders and queues their
+// notifications, so an order is never stored without its notification nor a
+// notification sent for an order that was rolled back. With an idempotency key
+// already used for the same request it returns that order and replayed true;
+// used for a different request, a validationError.
+func (s *store) placeOrders(ctx context.Context, p placement) (placed []order, replayed bool, err error) {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if p.idempotency != nil {
+			var orderID int64
+			orderID, err = claimIdempotencyKey(ctx, tx, p.by, p.idempotency)
+			if err != nil || orderID != 0 {
+				if err == nil {
+					replayed = true
+					var o order
+					o, err = scanOrder(tx.QueryRowContext(ctx, orderSelect+` WHERE o.id = $1`, orderID))
+					placed = []order{o}
+				}
+				return err
+			}
+		}
+		customers, err := findCustomers(ctx, tx, p.drafts)
+		if err != nil {
+			return err
+		}
+		ids, err := nextOrderIDs(ctx, tx, len(p.drafts))
+		if err != nil {
+			return err
+		}
+		placed = make([]order, len(p.drafts))
+		var (
+			bad                                          []fieldError
+			orderIDs, customerIDs                        = make([]int64, len(p.drafts)), make([]int64, len(p.drafts))
+			items, amounts, currencies                   = make([]string, len(p.drafts)), make([]string, len(p.drafts)), make([]string, len(p.drafts))
+			times                                        = make([]time.Time, len(p.drafts))
+			outOrders                                    []int64
+			outChannels, outRecipients, outSubj, outMsgs []string
+		)
+		for i, d := range p.drafts {
+			c, found := customers.byID[d.CustomerID], true
+			if d.CustomerCode != "" {
+				c, found = customers.byCode[d.CustomerCode]
+			} else {
+				_, found = customers.byID[d.CustomerID]
+			}
+			if !found {
+				ch := p.at(i)
+				if d.CustomerCode != "" {
+					ch.add("customer_code", "no customer has code %q", d.CustomerCode)
+				} else {
+					ch.add("customer_id", "no customer has id %d", d.CustomerID)
+				}
+				bad = append(bad, ch.fields...)
+				continue
+			}
+			o := order{ID: ids[i], CustomerID: c.ID, Item: d.Item, Amount: d.Amount, Currency: d.Currency, Time: d.Time, CreatedBy: p.by}
+			if p.outbox != nil {
+				row, problem := p.outbox(d, o, c)
+				if problem != "" {
+					ch := p.at(i)
+					ch.add("channel", "%s", problem)
+					bad = append(bad, ch.fields...)
+					continue
+				}
+				if row != nil {
+					o.Notification = &notificationView{Channel: row.channel, Status: "pending"}
+					outOrders = append(outOrders, o.ID)
+					outChannels = append(outChannels, row.channel)
+					outRecipients = append(outRecipients, row.recipient)
+					outSubj = append(outSubj, row.subject)
+					outMsgs = append(outMsgs, row.message)
+				}
+			}
+			placed[i] = o
+			orderIDs[i], customerIDs[i], items[i], amounts[i], currencies[i], times[i] = o.ID, o.CustomerID, o.Item, o.Amount.String(), o.Currency, o.Time
+		}
+		if len(bad) > 0 {
+			return &validationError{detail: "the orders refer to what does not exist; nothing was placed", fields: bad}
+		}
+		// Orders and their outbox rows go in with one statement.
+		_, err = tx.ExecContext(ctx, `
+			WITH placed AS (
+				INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
+				SELECT id, customer_id, item, amount, currency, time, $7
+				FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[])
+					AS o (id, customer_id, item, amount, currency, time)
+			)
+			INSERT INTO notifications (order_id, channel, recipient, subject, message)
+			SELECT * FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])`,
+			orderIDs, customerIDs, items, amounts, currencies, times, p.by,
+			outOrders, outChannels, outRecipients, outSubj, outMsgs)
+		if code, _ := pgCode(err); code == foreignKeyViolation {
+			return &validationError{detail: "a customer was deleted while its order was placed", fields: []fieldError{{Pointer: "#/customer_id", Detail: "no such customer"}}}
+		}
+		if err != nil {
+			return err
+		}
+		if p.idempotency != nil {
+			_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET order_id = $3 WHERE subject = $1 AND key = $2`, p.by, p.idempotency.key, orderIDs[0])
+		}
+		return err
+	})
+	return placed, replayed, err
+}
+
+// claimIdempotencyKey records key for subject and returns 0, or, when the
+// key was used before, the order it created. A concurrent request with the
+// same key waits here until the first commits, then sees its order.
+func claimIdempotencyKey(ctx context.Context, tx *sql.Tx, subject string, k *idempotency) (int64, error) {
+	res, err := tx.ExecContext(ctx, `
+		INSERT INTO idempotency_keys (subject, key, request_hash) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`, subject, k.key, k.fingerprint)
+	if err != nil {
+		return 0, err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return 0, nil
+	}
+	var (
+		fingerprint []byte
+		orderID     int64
+	)
+	err = tx.QueryRowContext(ctx, `SELECT request_hash, order_id FROM idempotency_keys WHERE subject = $1 AND key = $2`,
+		subject, k.key).Scan(&fingerprint, &orderID)
+	if err != nil {
+		return 0, err
+	}
+	if !bytes.Equal(fingerprint, k.fingerprint) {
+		return 0, &validationError{fields: []fieldError{{Parameter: "Idempotency-Key", Detail: "this Idempotency-Key was used with a different request body"}}}
+	}
+	return orderID, nil
+}
+
+// customerIndex is the customers some drafts refer to.
+type customerIndex struct {
+	byID   map[int64]customer
+	byCode map[string]customer
+}
+
+// findCustomers loads, in one query, every customer the drafts name. The
+// rows are share-locked so that none is deleted before the orders commit.
+func findCustomers(ctx context.Context, tx *sql.Tx, drafts []orderDraft) (customerIndex, error) {
+	var ids []int64
+	var codes []string
+	for _, d := range drafts {
+		if d.CustomerCode != "" {
+			codes = append(codes, d.CustomerCode)
+		} else {
+			ids = append(ids, d.CustomerID)
+		}
+	}
+	idx := customerIndex{byID: map[int64]customer{}, byCode: map[string]customer{}}
+	rows, err := tx.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers
+		WHERE id = ANY($1) OR code = ANY($2) FOR KEY SHARE`, ids, codes)
+	if err != nil {
+		return idx, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		c, err := scanCustomer(rows)
+		if err != nil {
+			return idx, err
+		}
+		idx.byID[c.ID], idx.byCode[c.Code] = c, c
+	}
+	return idx, rows.Err()
+}
+
+// nextOrderIDs takes n ids from the orders sequence, so that the outbox rows
+// can name their orders in the same statement that inserts them.
+func nextOrderIDs(ctx context.Context, tx *sql.Tx, n int) ([]int64, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)`, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	ids := make([]int64, 0, n)
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
