@@ -1,0 +1,268 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCustomersCreateGetPatchDelete(t *testing.T) {
+	ta := newTestApp(t, nil)
+	r := ta.do("POST", "/v1/customers", map[string]any{
+		"code": "CUST-0007", "name": "Amina Njoroge", "phone": "+254712345678", "email": "amina@example.com",
+	}).must(t, http.StatusCreated)
+	var c customer
+	r.json(t, &c)
+	if want := fmt.Sprintf("/v1/customers/%d", c.ID); r.header.Get("Location") != want {
+		t.Errorf("Location: got %q, want %q", r.header.Get("Location"), want)
+	}
+	if c.Code != "CUST-0007" || c.Name != "Amina Njoroge" || c.Phone != "+254712345678" || c.Email == nil || *c.Email != "amina@example.com" || c.CreatedBy != "staff-1" {
+		t.Errorf("created: got %+v", c)
+	}
+	if time.Since(c.CreatedAt) > time.Minute || c.CreatedAt.Location() != time.UTC {
+		t.Errorf("created_at: got %v, want now in UTC", c.CreatedAt)
+	}
+	if !strings.Contains(string(r.body), `"orders":[]`) {
+		t.Errorf("a new customer's orders: got %s, want []", r.body)
+	}
+
+	var got customer
+	ta.do("GET", r.header.Get("Location"), nil).must(t, http.StatusOK).json(t, &got)
+	if got.ID != c.ID || got.Code != c.Code {
+		t.Errorf("get: got %+v, want %+v", got, c)
+	}
+
+	t.Run("duplicate code", func(t *testing.T) {
+		r := ta.do("POST", "/v1/customers", map[string]any{"code": "CUST-0007", "name": "Other", "phone": "+254700000000"})
+		p := r.must(t, http.StatusConflict).problem(t)
+		if !strings.Contains(p.Detail, "CUST-0007") {
+			t.Errorf("detail: got %q, want it to name the code", p.Detail)
+		}
+	})
+
+	t.Run("patch", func(t *testing.T) {
+		var p customer
+		ta.do("PATCH", r.header.Get("Location"), map[string]any{"name": "Amina W. Njoroge", "phone": "+254700000001"}).must(t, http.StatusOK).json(t, &p)
+		if p.Name != "Amina W. Njoroge" || p.Phone != "+254700000001" || p.Email == nil || p.Code != "CUST-0007" {
+			t.Errorf("after patch: got %+v", p)
+		}
+		ta.do("PATCH", r.header.Get("Location"), map[string]any{"email": nil}).must(t, http.StatusOK).json(t, &p)
+		if p.Email != nil || p.Name != "Amina W. Njoroge" {
+			t.Errorf("email: null should clear only the e-mail: got %+v", p)
+		}
+		ta.do("PATCH", r.header.Get("Location"), map[string]any{"email": "a@example.org"}).must(t, http.StatusOK).json(t, &p)
+		if p.Email == nil || *p.Email != "a@example.org" {
+			t.Errorf("email: got %v", p.Email)
+		}
+	})
+
+	t.Run("patch refusals change nothing", func(t *testing.T) {
+		cases := []struct {
+			body     any
+			status   int
+			pointers []string
+		}{
+			{map[string]any{}, 422, []string{"#"}},
+			{map[string]any{"name": "", "phone": "0712345678", "email": "nope"}, 422, []string{"#/name", "#/phone", "#/email"}},
+			{map[string]any{"name": nil}, 422, []string{"#/name"}},
+			{map[string]any{"code": "NEW"}, 400, []string{"#/code"}},
+		}
+		for _, tc := range cases {
+			p := ta.do("PATCH", r.header.Get("Location"), tc.body).must(t, tc.status).problem(t)
+			checkPointers(t, p, tc.pointers...)
+		}
+		var now customer
+		ta.do("GET", r.header.Get("Location"), nil).must(t, http.StatusOK).json(t, &now)
+		if now.Name != "Amina W. Njoroge" || now.Phone != "+254700000001" {
+			t.Errorf("a refused patch changed the customer: %+v", now)
+		}
+		ta.do("PATCH", "/v1/customers/99999", map[string]any{"name": "X"}).must(t, http.StatusNotFound).problem(t)
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		ta.do("DELETE", r.header.Get("Location"), nil).must(t, http.StatusNoContent)
+		ta.do("GET", r.header.Get("Location"), nil).must(t, http.StatusNotFound)
+		ta.do("DELETE", r.header.Get("Location"), nil).must(t, http.StatusNotFound)
+	})
+}
+
+// checkPointers fails unless the problem names exactly these JSON pointers.
+func checkPointers(t *testing.T, p problem, pointers ...string) {
+	t.Helper()
+	var got []string
+	for _, e := range p.Errors {
+		if e.Detail == "" {
+			t.Errorf("error at %s has no detail", e.Pointer)
+		}
+		got = append(got, e.Pointer)
+	}
+	if strings.Join(got, " ") != strings.Join(pointers, " ") {
+		t.Errorf("pointers: got %v, want %v (problem %+v)", got, pointers, p)
+	}
+}
+
+func TestCustomersValidation(t *testing.T) {
+	ta := newTestApp(t, nil)
+	cases := []struct {
+		name     string
+		body     map[string]any
+		pointers []string
+	}{
+		{"everything wrong", map[string]any{"code": "bad code!", "name": "  ", "phone": "0712 345 678", "email": "not-an-email"}, []string{"#/code", "#/name", "#/phone", "#/email"}},
+		{"missing all", map[string]any{}, []string{"#/code", "#/name", "#/phone"}},
+		{"code too long", map[string]any{"code": strings.Repeat("A", 33), "name": "A", "phone": "+254712345678"}, []string{"#/code"}},
+		{"name too long", map[string]any{"code": "A", "name": strings.Repeat("n", 201), "phone": "+254712345678"}, []string{"#/name"}},
+		{"control characters", map[string]any{"code": "A", "name": "Amina\nNjoroge", "phone": "+254712345678"}, []string{"#/name"}},
+		{"phone without plus", map[string]any{"code": "A", "name": "A", "phone": "254712345678"}, []string{"#/phone"}},
+		{"phone too short", map[string]any{"code": "A", "name": "A", "phone": "+2547123"}, []string{"#/phone"}},
+		{"phone too long", map[string]any{"code": "A", "name": "A", "phone": "+2547123456789012"}, []string{"#/phone"}},
+		{"display-name e-mail", map[string]any{"code": "A", "name": "A", "phone": "+254712345678", "email": "Amina <a@example.com>"}, []string{"#/email"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := ta.do("POST", "/v1/customers", tc.body).must(t, http.StatusUnprocessableEntity).problem(t)
+			checkPointers(t, p, tc.pointers...)
+			for _, e := range p.Errors {
+				if e.Pointer == "#/phone" && !strings.Contains(e.Detail, "+254712345678") {
+					t.Errorf("phone error %q gives no example", e.Detail)
+				}
+			}
+		})
+	}
+	if n := ta.count("customers"); n != 0 {
+		t.Errorf("customers after refused creates: got %d, want 0", n)
+	}
+	// The shortest and longest E.164 numbers and an empty e-mail are fine.
+	ta.createCustomer("MIN", "+25471234", nil)
+	ta.createCustomer("MAX", "+254712345678901", ptr(""))
+}
+
+func TestCustomersCarryAllOrdersNewestFirst(t *testing.T) {
+	ta := newTestApp(t, nil)
+	a := ta.createCustomer("A", "+254712345678", nil)
+	b := ta.createCustomer("B", "+254712345679", nil)
+	times := []string{"2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z"}
+	for _, tm := range times {
+		ta.do("POST", "/v1/orders", map[string]any{"customer_id": a.ID, "item": "kit", "amount": "1.00", "time": tm}).must(t, http.StatusCreated)
+	}
+	var got customer
+	ta.do("GET", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusOK).json(t, &got)
+	if len(got.Orders) != 3 {
+		t.Fatalf("orders: got %d, want 3", len(got.Orders))
+	}
+	for i, want := range []string{"2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"} {
+		if g := got.Orders[i].Time.Format(time.RFC3339); g != want {
+			t.Errorf("order %d time: got %s, want %s", i, g, want)
+		}
+	}
+	var page listPage[customer]
+	ta.do("GET", "/v1/customers", nil).must(t, http.StatusOK).json(t, &page)
+	if len(page.Data) != 2 || len(page.Data[0].Orders) != 3 || len(page.Data[1].Orders) != 0 || page.Data[1].ID != b.ID {
+		t.Errorf("list: got %+v", page.Data)
+	}
+	p := ta.do("DELETE", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusConflict).problem(t)
+	if !strings.Contains(p.Detail, "has orders") {
+		t.Errorf("detail: got %q", p.Detail)
+	}
+	if n := ta.count("customers"); n != 2 {
+		t.Errorf("customers after refused delete: got %d, want 2", n)
+	}
+}
+
+func TestCustomersImport(t *testing.T) {
+	ta := newTestApp(t, nil)
+	auth := map[string]string{"Authorization": "Bearer " + ta.token}
+	importCSV := func(body string) response {
+		return ta.request("POST", "/v1/customers/import", body, "text/csv", auth)
+	}
+
+	t.Run("json", func(t *testing.T) {
+		var res importResult
+		ta.do("POST", "/v1/customers/import", []map[string]any{
+			{"code": "J-1", "name": "One", "phone": "+254700000001"},
+			{"code": "J-2", "name": "Two", "phone": "+254700000002", "email": "two@example.com"},
+		}).must(t, http.StatusCreated).json(t, &res)
+		if res.Imported != 2 || len(res.IDs) != 2 {
+			t.Fatalf("result: got %+v", res)
+		}
+		var c customer
+		ta.do("GET", fmt.Sprintf("/v1/customers/%d", res.IDs[1]), nil).must(t, http.StatusOK).json(t, &c)
+		if c.Code != "J-2" || c.Email == nil || c.CreatedBy != "staff-1" {
+			t.Errorf("ids are not in input order: got %+v for the second id", c)
+		}
+	})
+
+	t.Run("csv", func(t *testing.T) {
+		var res importResult
+		importCSV("\ufeffCode, Name,phone,email\r\nC-1,\"Njoroge, Amina\",+254700000011,\nC-2,Baraka,+254700000012,b@example.com\n").must(t, http.StatusCreated).json(t, &res)
+		var c customer
+		ta.do("GET", fmt.Sprintf("/v1/customers/%d", res.IDs[0]), nil).must(t, http.StatusOK).json(t, &c)
+		if res.Imported != 2 || c.Name != "Njoroge, Amina" || c.Email != nil {
+			t.Errorf("got %+v and %+v", res, c)
+		}
+	})
+
+	// Everything refused below must leave the table as it is.
+	before := ta.count("customers")
+	t.Run("json bad rows named", func(t *testing.T) {
+		rows := []map[string]any{
+			{"code": "OK-1", "name": "Fine", "phone": "+254700000021"},
+			{"code": "OK-2", "name": "", "phone": "+254700000022"},
+			{"code": "OK-3", "name": "Fine", "phone": "+254700000023"},
+			{"code": "OK-4", "name": "Fine", "phone": "0700000024", "email": "x"},
+			{"code": "OK-1", "name": "Again", "phone": "+254700000025"},
+		}
+		p := ta.do("POST", "/v1/customers/import", rows).must(t, http.StatusUnprocessableEntity).problem(t)
+		checkPointers(t, p, "#/1/name", "#/3/phone", "#/3/email", "#/4/code")
+	})
+	t.Run("csv bad rows named", func(t *testing.T) {
+		p := importCSV("code,name,phone\nR-1,Fine,+254700000031\nR-2,Fine,0700\nR-3,,+254700000033\nR-4,Fine,+254700000034\n").must(t, http.StatusUnprocessableEntity).problem(t)
+		if len(p.Errors) != 2 || p.Errors[0].Detail != "row 2: phone "+e164Example || p.Errors[0].Row != 2 || p.Errors[0].Field != "phone" ||
+			!strings.HasPrefix(p.Errors[1].Detail, "row 3: name ") {
+			t.Errorf("errors: got %+v", p.Errors)
+		}
+	})
+	t.Run("existing code conflicts", func(t *testing.T) {
+		p := importCSV("code,name,phone\nNEW-1,Fine,+254700000041\nJ-1,Taken,+254700000042\n").must(t, http.StatusConflict).problem(t)
+		if !strings.Contains(p.Detail, "J-1") {
+			t.Errorf("detail: got %q, want it to name J-1", p.Detail)
+		}
+	})
+	refusals := []struct {
+		name, body, contentType string
+		status                  int
+		detail                  string
+	}{
+		{"unknown column", "code,name,phone,age\nX,Y,+254700000051,3\n", "text/csv", 400, `unknown CSV column "age"`},
+		{"repeated column", "code,name,name\nX,Y,Z\n", "text/csv", 400, "appears twice"},
+		{"ragged row", "code,name,phone\nX,Y\n", "text/csv", 400, "line 2"},
+		{"bad quoting", "code,name,phone\n\"X,Y,+254700000051\n", "text/csv", 400, "malformed CSV"},
+		{"no header", "", "text/csv", 400, "header row"},
+		{"header only", "code,name,phone\n", "text/csv", 422, "no rows"},
+		{"empty array", "[]", "application/json", 422, "no rows"},
+		{"not an array", `{"code":"X"}`, "application/json", 400, "array"},
+		{"unknown field in element", `[{"code":"X","name":"Y","phone":"+254700000051"},{"code":"Z","nick":"n"}]`, "application/json", 400, "element 1"},
+		{"xml", "<a/>", "application/xml", 415, "text/csv"},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			p := ta.request("POST", "/v1/customers/import", tc.body, tc.contentType, auth).must(t, tc.status).problem(t)
+			if !strings.Contains(p.Detail, tc.detail) {
+				t.Errorf("detail: got %q, want it to contain %q", p.Detail, tc.detail)
+			}
+		})
+	}
+	if after := ta.count("customers"); after != before {
+		t.Errorf("customers after refused imports: got %d, want %d", after, before)
+	}
+	t.Run("element pointer", func(t *testing.T) {
+		p := ta.do("POST", "/v1/customers/import", `[{"code":"X","name":"Y","phone":"+254700000051"},{"code":"Z","nick":"n"}]`).problem(t)
+		checkPointers(t, p, "#/1/nick")
+	})
+	t.Run("over 32 MiB", func(t *testing.T) {
+		body := "code,name,phone\n" + strings.Repeat("X,"+strings.Repeat("n", 1000)+",+254700000051\n", 33*1024)
+		importCSV(body).must(t, http.StatusRequestEntityTooLarge).problem(t)
+	})
+}
