@@ -106,6 +106,15 @@ func (in *orderInput) draft(now time.Time, channelKnown func(string) bool, c *ch
 	return d
 }
 
+// customerField returns the field naming the draft's customer and the error
+// for a customer that does not exist, for checker.add.
+func (d orderDraft) customerField() (string, string, any) {
+	if d.CustomerCode != "" {
+		return "customer_code", "no customer has code %q", d.CustomerCode
+	}
+	return "customer_id", "no customer has id %d", d.CustomerID
+}
+
 // fingerprint identifies a request for Idempotency-Key: the same fields with
 // the same values, however the JSON was spelled, give the same fingerprint.
 func (in *orderInput) fingerprint() []byte {
@@ -207,11 +216,21 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	drafts := make([]orderDraft, len(batch.items))
-	err = batch.validate(func(i int, in *orderInput, c *checker) {
-		drafts[i] = in.draft(now, s.channels.known, c)
-	})
-	if err != nil {
-		fail(w, r, err)
+	check := func(i int, in *orderInput, c *checker) { drafts[i] = in.draft(now, s.channels.known, c) }
+	if err := batch.validate(check); err != nil {
+		// Name unknown customers in the same answer as the other bad rows, so
+		// that one round trip shows everything wrong with the file.
+		unknown, lookupErr := s.store.unknownCustomers(r.Context(), drafts)
+		if lookupErr != nil {
+			fail(w, r, lookupErr)
+			return
+		}
+		fail(w, r, batch.validate(func(i int, in *orderInput, c *checker) {
+			check(i, in, c)
+			if unknown[i] {
+				c.add(drafts[i].customerField())
+			}
+		}))
 		return
 	}
 	p := placement{by: subject(r), drafts: drafts, at: batch.checker}

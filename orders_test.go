@@ -190,14 +190,16 @@ func TestOrdersImport(t *testing.T) {
 	for _, e := range p.Errors {
 		details = append(details, e.Detail)
 	}
-	want := []string{"row 3: amount must not be negative", "row 5: item", "row 5: amount"}
+	want := []string{`row 2: customer_code no customer has code "NOPE"`, "row 3: amount must not be negative", "row 5: item", "row 5: amount"}
 	for _, w := range want {
 		if !strings.Contains(strings.Join(details, "|"), w) {
 			t.Errorf("errors %q lack %q", details, w)
 		}
 	}
-	// The unknown customer is found only in the database, after the rows
-	// pass their checks: a second import shows it by row.
+	if len(p.Errors) != 4 || p.Errors[0].Row != 2 {
+		t.Errorf("errors: got %q, want 4 in row order", details)
+	}
+	// With every row well-formed, the unknown customer alone is reported.
 	p = csvImport("", "customer_code,item,amount\nA,kit,1\nNOPE,kit,1\n").must(t, http.StatusUnprocessableEntity).problem(t)
 	if len(p.Errors) != 1 || p.Errors[0].Detail != `row 2: customer_code no customer has code "NOPE"` {
 		t.Errorf("errors: got %+v", p.Errors)

@@ -172,11 +172,8 @@ func (s *store) placeOrders(ctx context.Context, p placement) (placed []order, r
 			}
 			if !found {
 				ch := p.at(i)
-				if d.CustomerCode != "" {
-					ch.add("customer_code", "no customer has code %q", d.CustomerCode)
-				} else {
-					ch.add("customer_id", "no customer has id %d", d.CustomerID)
-				}
+				field, format, ref := d.customerField()
+				ch.add(field, format, ref)
 				bad = append(bad, ch.fields...)
 				continue
 			}
@@ -291,6 +288,29 @@ func findCustomers(ctx context.Context, tx *sql.Tx, drafts []orderDraft) (custom
 		idx.byID[c.ID], idx.byCode[c.Code] = c, c
 	}
 	return idx, rows.Err()
+}
+
+// unknownCustomers returns the indexes of the drafts whose customer does not
+// exist; drafts without a usable reference are not looked up.
+func (s *store) unknownCustomers(ctx context.Context, drafts []orderDraft) (map[int]bool, error) {
+	var idx customerIndex
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		idx, err = findCustomers(ctx, tx, drafts)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	unknown := map[int]bool{}
+	for i, d := range drafts {
+		_, byID := idx.byID[d.CustomerID]
+		_, byCode := idx.byCode[d.CustomerCode]
+		if (d.CustomerCode != "" && !byCode && checkCode(d.CustomerCode) == "") || (d.CustomerCode == "" && d.CustomerID > 0 && !byID) {
+			unknown[i] = true
+		}
+	}
+	return unknown, nil
 }
 
 // nextOrderIDs takes n ids from the orders sequence, so that the outbox rows
