@@ -67,7 +67,9 @@ func TestLoadConfig(t *testing.T) {
 			}
 		})
 	}
-	cfg, _ := loadConfig(func(k string) string { return with("AT_USERNAME", "sandbox")[k] + map[string]string{"AT_API_KEY": "k"}[k] })
+	cfg, _ := loadConfig(func(k string) string {
+		return with("AT_USERNAME", "sandbox")[k] + map[string]string{"AT_API_KEY": "k"}[k]
+	})
 	if cfg.atBaseURL != "https://api.sandbox.africastalking.com" {
 		t.Errorf("sandbox base URL: got %q", cfg.atBaseURL)
 	}
