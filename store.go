@@ -220,7 +220,9 @@ func (s *store) listCustomers(ctx context.Context, p pageRequest) ([]customer, e
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	return cs, s.attachOrders(ctx, cs)
+	// The row past the limit only shows that a next page exists; its orders
+	// are never shown.
+	return cs, s.attachOrders(ctx, cs[:min(len(cs), p.limit)])
 }
 
 // attachOrders fills each customer's orders, newest first, with one query.
