@@ -30,3 +30,7 @@ lint-deploy:
 
 clean:
 	rm -rf coverage.out .dev
+
+## bench: load the service with wrk and compare with pgbench running the same SQL (see README)
+bench:
+	scripts/bench.sh

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# make bench: the service on a fresh local database with a fake Africa's
+# Talking (50 ms per send), loaded with wrk at 16 and 64 connections, then
+# pgbench running the same SQL at the same concurrency. Prints one table.
+#
+#   DURATION=10s CONNECTIONS="16 64" CUSTOMERS=1000 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-16 64}
+CUSTOMERS=${CUSTOMERS:-1000}
+ORDERS=$((CUSTOMERS * 5))
+PORT=${BENCH_PORT:-8090}
+ISSUER=127.0.0.1:9001
+GATEWAY=127.0.0.1:9101
+work=.dev/bench
+mkdir -p "$work"
+
+command -v wrk >/dev/null || { echo "bench: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+command -v pgbench >/dev/null || { echo "bench: pgbench is not installed (apt-get install postgresql-contrib)" >&2; exit 1; }
+
+admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+db_url="${admin_url%/*}/om_bench?sslmode=disable"
+psql "$admin_url" -qc "DROP DATABASE IF EXISTS om_bench" -qc "CREATE DATABASE om_bench" >/dev/null
+
+go build -o "$work/order-management" .
+go build -o "$work/devissuer" ./cmd/devissuer
+go build -o "$work/fakegateway" ./cmd/fakegateway
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$work/devissuer" -addr "$ISSUER" -key-file "$work/issuer.pem" 2>"$work/devissuer.log" &
+pids+=($!)
+"$work/fakegateway" -addr "$GATEWAY" -delay 50ms 2>"$work/fakegateway.log" &
+pids+=($!)
+sleep 0.5
+TOKEN=$("$work/devissuer" -issuer "http://$ISSUER" -key-file "$work/issuer.pem" -print-token -expires-in 7200)
+export TOKEN CUSTOMERS ORDERS
+
+DATABASE_URL=$db_url PORT=$PORT OIDC_ISSUER_URL="http://$ISSUER" OIDC_AUDIENCE=order-management \
+	AT_USERNAME=bench AT_API_KEY=bench AT_BASE_URL="http://$GATEWAY" LOG_LEVEL=info \
+	"$work/order-management" >"$work/service.log" 2>&1 &
+service=$!
+pids+=("$service")
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+
+# Customers with 5 orders each, their notifications already sent.
+psql "$db_url" -q <<SQL
+INSERT INTO customers (code, name, phone, email, created_by)
+SELECT 'B-' || g, 'Bench Customer ' || g, '+2547' || lpad(g::text, 8, '0'), 'c' || g || '@example.com', 'seed'
+FROM generate_series(1, $CUSTOMERS) g;
+INSERT INTO orders (customer_id, item, amount, currency, time, created_by)
+SELECT c.id, 'seed-kit-' || k, 10 + k, 'KES', now() - k * interval '1 day', 'seed'
+FROM customers c CROSS JOIN generate_series(1, 5) k ORDER BY c.id, k;
+INSERT INTO notifications (order_id, channel, recipient, message, status, attempts, sent_at)
+SELECT id, 'sms', '+254700000000', 'seed', 'sent', 1, now() FROM orders;
+ANALYZE;
+SQL
+
+declare -A rps p50 p99 errs
+# wrk's --latency table: "50%  1.23ms"; normalise to milliseconds.
+ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub("us","",v); printf "%.2f", v/1000 } else if (v ~ /ms$/) { sub("ms","",v); printf "%.2f", v } else { sub("s","",v); printf "%.2f", v*1000 } }'; }
+
+for c in $CONNECTIONS; do
+	for name in post_order get_order list_customers; do
+		out=$(wrk -t2 -c"$c" -d"$DURATION" --latency -s "scripts/bench/$name.lua" "http://127.0.0.1:$PORT")
+		echo "$out" >"$work/wrk-$name-$c.txt"
+		rps[$name,$c]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+		p50[$name,$c]=$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+		p99[$name,$c]=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+		errs[$name,$c]=$(echo "$out" | awk '/Non-2xx/ {print $5} /Socket errors/ {print "socket"}' | tr '\n' ' ')
+	done
+done
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
+delivered=$(curl -fs "http://$GATEWAY/count")
+kill "$service"; wait "$service" 2>/dev/null || true
+
+# pgbench runs the same statements with the service stopped.
+for c in $CONNECTIONS; do
+	for name in create_order get_order list_customers; do
+		rm -f "$work"/pgbench_log.*
+		pgbench -n -M prepared -c "$c" -j 2 -T "${DURATION%s}" -D customers="$CUSTOMERS" -D orders="$ORDERS" \
+			-f "scripts/bench/$name.sql" -l --log-prefix="$work/pgbench_log" "$db_url" >"$work/pgbench-$name-$c.txt" 2>&1
+		key=$name; [ "$name" = create_order ] && key=post_order
+		rps[pg_$key,$c]=$(awk '/^tps/ {printf "%.0f", $3}' "$work/pgbench-$name-$c.txt")
+		sort -n -k3,3 "$work"/pgbench_log.* | awk '{print $3}' >"$work/lat.txt"
+		n=$(wc -l <"$work/lat.txt")
+		p50[pg_$key,$c]=$(awk -v n="$n" 'NR == int(n*0.50)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
+		p99[pg_$key,$c]=$(awk -v n="$n" 'NR == int(n*0.99)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
+	done
+done
+rm -f "$work"/pgbench_log.* "$work/lat.txt"
+
+echo
+echo "| request | conns | req/s | p50 ms | p99 ms | pgbench tx/s | pgbench p50 ms | pgbench p99 ms | ratio | errors |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for name in post_order get_order list_customers; do
+	label=$(case $name in post_order) echo 'POST /v1/orders';; get_order) echo 'GET /v1/orders/{id}';; *) echo 'GET /v1/customers?limit=20';; esac)
+	for c in $CONNECTIONS; do
+		ratio=$(awk -v a="${rps[$name,$c]}" -v b="${rps[pg_$name,$c]}" 'BEGIN { if (b > 0) printf "%.0f%%", 100*a/b }')
+		echo "| $label | $c | ${rps[$name,$c]} | ${p50[$name,$c]} | ${p99[$name,$c]} | ${rps[pg_$name,$c]} | ${p50[pg_$name,$c]} | ${p99[pg_$name,$c]} | $ratio | ${errs[$name,$c]:-none} |"
+	done
+done
+echo
+echo "peak RSS of the service: $((rss_kb / 1024)) MiB; SMS accepted by the fake gateway during the run: $delivered"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(psql "$admin_url" -Atc 'SHOW server_version'), $(go version | awk '{print $3}')"
