@@ -33,28 +33,24 @@ var signingAlgs = []string{
 }
 
 // authenticator verifies access tokens issued by one provider for one
-// audience. Keys come from the provider's JWKS and are refetched when a token
-// names a key id not seen before, so key rotation needs no restart.
+// audience, with go-oidc's verifier over the provider's JWKS (keyset.go), so
+// key rotation needs no restart.
 type authenticator struct {
 	verifier *oidc.IDTokenVerifier
+	keys     *keySet
 	log      *slog.Logger
 }
 
-// newAuthenticator discovers the provider at issuer, retrying for up to
-// patience so that a provider starting alongside the service is waited for.
-// client makes every request to the provider, discovery and key fetches.
+// newAuthenticator discovers the provider at issuer and loads its keys,
+// retrying for up to patience so that a provider starting alongside the
+// service is waited for. client makes every request to the provider.
 func newAuthenticator(ctx context.Context, issuer, audience string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
-	// go-oidc takes its HTTP client from the context, and keeps this context
-	// for later key fetches: it must live as long as the service.
 	ctx = oidc.ClientContext(ctx, client)
 	deadline := time.Now().Add(patience)
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		provider, err := oidc.NewProvider(ctx, issuer)
+		a, err := discover(ctx, issuer, audience, client, log)
 		if err == nil {
-			return &authenticator{
-				verifier: provider.Verifier(&oidc.Config{ClientID: audience, SupportedSigningAlgs: signingAlgs}),
-				log:      log,
-			}, nil
+			return a, nil
 		}
 		if time.Now().Add(wait).After(deadline) {
 			return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s failed: %w", strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", err)
@@ -66,6 +62,33 @@ func newAuthenticator(ctx context.Context, issuer, audience string, client *http
 		case <-time.After(wait):
 		}
 	}
+}
+
+// discover reads the provider's metadata and its keys once.
+func discover(ctx context.Context, issuer, audience string, client *http.Client, log *slog.Logger) (*authenticator, error) {
+	provider, err := oidc.NewProvider(ctx, issuer)
+	if err != nil {
+		return nil, err
+	}
+	var meta struct {
+		Issuer  string `json:"issuer"`
+		JWKSURL string `json:"jwks_uri"`
+	}
+	if err := provider.Claims(&meta); err != nil {
+		return nil, err
+	}
+	if meta.JWKSURL == "" {
+		return nil, errors.New("the provider's metadata has no jwks_uri")
+	}
+	keys := newKeySet(meta.JWKSURL, client)
+	if err := keys.load(ctx); err != nil {
+		return nil, err
+	}
+	return &authenticator{
+		verifier: oidc.NewVerifier(meta.Issuer, keys, &oidc.Config{ClientID: audience, SupportedSigningAlgs: signingAlgs}),
+		keys:     keys,
+		log:      log,
+	}, nil
 }
 
 // principal is who a verified token speaks for, and what it may do.
