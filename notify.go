@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -214,11 +215,19 @@ func shorten(s string, n int) string {
 	return string(r[:n-3]) + "..."
 }
 
-// gsmExtended holds the GSM-7 characters that take two septets.
-const gsmExtended = "^{}\\[~]|€"
+// gsmBasic and gsmExtended are the GSM 03.38 alphabet: basic characters
+// take one septet, extended ones two. Text with any other character is sent
+// as UCS-2.
+const (
+	gsmBasic    = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+	gsmExtended = "^{}\\[~]|€\f"
+)
 
-// smsLength counts septets for GSM-7 text, characters otherwise.
+// smsLength counts septets for GSM-7 text, UTF-16 code units otherwise.
 func smsLength(s string) int {
+	if segmentFor(s) == ucs2Segment {
+		return len(utf16.Encode([]rune(s)))
+	}
 	n := 0
 	for _, r := range s {
 		n++
@@ -229,16 +238,11 @@ func smsLength(s string) int {
 	return n
 }
 
-// segmentFor returns the single-segment limit for s's encoding. Plain ASCII
-// letters, digits and punctuation are GSM-7; anything else is treated as
-// needing UCS-2, which may undercount GSM-7's few accented letters but never
-// overcounts a segment.
+// segmentFor returns the single-segment limit for s's encoding.
 func segmentFor(s string) int {
 	for _, r := range s {
-		if r > '~' || r < ' ' || r == '`' {
-			if r != '€' {
-				return ucs2Segment
-			}
+		if !strings.ContainsRune(gsmBasic, r) && !strings.ContainsRune(gsmExtended, r) {
+			return ucs2Segment
 		}
 	}
 	return gsmSegment

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // order is an order as the API shows it. Notification is null when the
@@ -115,17 +116,24 @@ func (d orderDraft) customerField() (string, string, any) {
 	return "customer_id", "no customer has id %d", d.CustomerID
 }
 
-// fingerprint identifies a request for Idempotency-Key: the same fields with
-// the same values, however the JSON was spelled, give the same fingerprint.
-func (in *orderInput) fingerprint() []byte {
-	b, _ := json.Marshal([]any{in.CustomerID, in.CustomerCode, in.Item, in.Amount.text, in.Currency, in.Time, in.Channel})
+// fingerprint identifies a request for Idempotency-Key by the order it
+// describes once checked: the amount's value, the currency with its default,
+// the time as an instant. A time or channel left out stays left out (the
+// server's "now" and rules are not part of the request), and naming the
+// customer by id or by code are different requests.
+func (d orderDraft) fingerprint(timeGiven bool) []byte {
+	at := ""
+	if timeGiven {
+		at = d.Time.Format(time.RFC3339Nano)
+	}
+	b, _ := json.Marshal([]any{d.CustomerID, d.CustomerCode, d.Item, int64(d.Amount), d.Currency, at, d.Channel})
 	sum := sha256.Sum256(b)
 	return sum[:]
 }
 
 func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 	key := r.Header.Get("Idempotency-Key")
-	if _, given := r.Header["Idempotency-Key"]; given && (key == "" || len(key) > 255) {
+	if _, given := r.Header["Idempotency-Key"]; given && (key == "" || utf8.RuneCountInString(key) > 255) {
 		fail(w, r, &validationError{fields: []fieldError{{Parameter: "Idempotency-Key", Detail: "Idempotency-Key must be 1 to 255 characters"}}})
 		return
 	}
@@ -142,7 +150,7 @@ func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	p := placement{by: subject(r), drafts: []orderDraft{d}, outbox: s.channels.outboxRow, at: func(int) *checker { return c }}
 	if key != "" {
-		p.idempotency = &idempotency{key: key, fingerprint: in.fingerprint()}
+		p.idempotency = &idempotency{key: key, fingerprint: d.fingerprint(in.Time != nil)}
 	}
 	placed, replayed, err := s.store.placeOrders(r.Context(), p)
 	if err != nil {

@@ -43,15 +43,16 @@ func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 		lease:       2 * time.Minute,
 		sendTimeout: 30 * time.Second,
 		concurrency: 64,
-		maxAttempts: 15,
+		maxAttempts: 20,
 		backoff:     backoff,
 		wakeup:      make(chan struct{}, 1),
 	}
 }
 
-// backoff is exponential with full jitter: about 2 s, 4 s, 8 s ... capped at
-// 30 minutes, so fifteen attempts span several hours of provider outage, and
-// spread so that a burst of failures does not retry in lockstep.
+// backoff is exponential with jitter: about 2 s, 4 s, 8 s ... capped at 30
+// minutes (each wait is drawn from the upper half of its step), so twenty
+// attempts ride out a provider outage of three to five hours, spread so that
+// a burst of failures does not retry in lockstep.
 func backoff(attempt int) time.Duration {
 	d := min(2*time.Second<<min(attempt-1, 20), 30*time.Minute)
 	return d/2 + rand.N(d/2+1)
@@ -94,6 +95,9 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 			<-done
 		}
 	}()
+	// Keys are purged at start and hourly, so that replicas restarted more
+	// often than hourly still purge.
+	w.purgeIdempotencyKeys(ctx)
 	housekeeping := time.NewTicker(time.Hour)
 	defer housekeeping.Stop()
 	poll := time.NewTimer(0)
@@ -198,29 +202,49 @@ func (w *worker) deliver(ctx context.Context, c claimed) {
 	// resend a message that was delivered.
 	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	var recErr error
+	var (
+		res     sql.Result
+		recErr  error
+		outcome string
+	)
 	switch {
 	case err == nil:
-		_, recErr = w.db.ExecContext(recordCtx, `
+		outcome = "notification sent"
+		res, recErr = w.db.ExecContext(recordCtx, `
 			UPDATE notifications
 			SET status = 'sent', sent_at = now(), provider_message_id = $3, last_error = NULL, locked_until = NULL
 			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, providerID)
-		log.Info("notification sent", "provider_id", providerID)
+		log = log.With("provider_id", providerID)
 	case permanent || c.attempts >= w.maxAttempts:
-		_, recErr = w.db.ExecContext(recordCtx, `
+		outcome = "notification failed"
+		res, recErr = w.db.ExecContext(recordCtx, `
 			UPDATE notifications SET status = 'failed', last_error = $3, locked_until = NULL
 			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, err.Error())
-		log.Warn("notification failed", "error", err, "permanent", permanent)
+		log = log.With("error", err, "permanent", permanent)
 	default:
 		retryIn := w.backoff(c.attempts)
-		_, recErr = w.db.ExecContext(recordCtx, `
+		outcome = "notification will be retried"
+		res, recErr = w.db.ExecContext(recordCtx, `
 			UPDATE notifications
 			SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, locked_until = NULL
 			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, retryIn.Seconds(), err.Error())
-		log.Info("notification will be retried", "error", err, "retry_in", retryIn.String())
+		log = log.With("error", err, "retry_in", retryIn.String())
 	}
 	if recErr != nil {
-		log.Error("outbox: recording the outcome failed; the row falls due again after its lease", "error", recErr)
+		log.Error(outcome+"; recording it failed, so the row falls due again after its lease", "record_error", recErr)
+		return
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		// The lease ran out mid-send and another worker claimed the row: its
+		// outcome is the one that counts. If both sent, this is the one
+		// duplicate the design allows.
+		log.Warn(outcome + ", but the lease had passed to another worker; outcome discarded")
+		return
+	}
+	if err == nil {
+		log.Info(outcome)
+	} else {
+		log.Warn(outcome)
 	}
 }
 
