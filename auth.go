@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -39,6 +41,7 @@ type authenticator struct {
 	verifier *oidc.IDTokenVerifier
 	keys     *keySet
 	log      *slog.Logger
+	cache    tokenCache
 }
 
 // newAuthenticator discovers the provider at issuer and loads its keys,
@@ -113,6 +116,9 @@ var errNoToken = errors.New("no Authorization header")
 // verify checks raw's signature, issuer, audience and expiry, and returns
 // the principal it names.
 func (a *authenticator) verify(ctx context.Context, raw string) (*principal, error) {
+	if p := a.cache.get(raw); p != nil {
+		return p, nil
+	}
 	tok, err := a.verifier.Verify(ctx, raw)
 	if err != nil {
 		return nil, err
@@ -143,7 +149,54 @@ func (a *authenticator) verify(ctx context.Context, raw string) (*principal, err
 	for _, s := range append(scp, claims.Permissions...) {
 		p.scopes[s] = true
 	}
+	a.cache.put(raw, p, tok.Expiry)
 	return p, nil
+}
+
+// tokenCache remembers tokens that passed verification, because a client
+// sends the same token with every request and checking its signature is most
+// of the CPU a small request costs. An entry lasts a minute at most and
+// never past the token's expiry, so a key the provider withdraws stops
+// admitting its tokens within the key set's refresh plus that minute.
+type tokenCache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]cachedToken
+}
+
+type cachedToken struct {
+	p     *principal
+	until time.Time
+}
+
+const (
+	tokenCacheTTL  = time.Minute
+	tokenCacheSize = 10_000
+)
+
+func (c *tokenCache) get(raw string) *principal {
+	key := sha256.Sum256([]byte(raw))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[key]; ok && time.Now().Before(e.until) {
+		return e.p
+	}
+	return nil
+}
+
+func (c *tokenCache) put(raw string, p *principal, expiry time.Time) {
+	until := time.Now().Add(tokenCacheTTL)
+	if expiry.Before(until) {
+		until = expiry
+	}
+	key := sha256.Sum256([]byte(raw))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil || len(c.entries) >= tokenCacheSize {
+		// Starting afresh bounds memory without bookkeeping; the cost is one
+		// verification per client.
+		c.entries = make(map[[32]byte]cachedToken)
+	}
+	c.entries[key] = cachedToken{p: p, until: until}
 }
 
 // bearerToken returns the token of an "Authorization: Bearer <token>" header.

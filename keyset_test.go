@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -143,5 +145,39 @@ func TestKeySetMaxAgeAndOutage(t *testing.T) {
 	}
 	if err := newKeySet(p.srv.URL, p.srv.Client()).load(t.Context()); err == nil {
 		t.Error("a failing JWKS endpoint loaded")
+	}
+}
+
+// The token cache admits a verified token again without its signature being
+// checked, for a minute at most and never past the token's expiry.
+func TestTokenCache(t *testing.T) {
+	var c tokenCache
+	p := &principal{subject: "s"}
+	c.put("long", p, time.Now().Add(time.Hour))
+	c.put("short", p, time.Now().Add(50*time.Millisecond))
+	if c.get("long") != p || c.get("short") != p {
+		t.Fatal("a cached token was not found")
+	}
+	if c.get("other") != nil {
+		t.Error("an unknown token was found")
+	}
+	time.Sleep(60 * time.Millisecond)
+	if c.get("short") != nil {
+		t.Error("a token was admitted from the cache past its expiry")
+	}
+	c.mu.Lock()
+	e := c.entries[sha256.Sum256([]byte("long"))]
+	c.mu.Unlock()
+	if d := time.Until(e.until); d > tokenCacheTTL || d < tokenCacheTTL-time.Second {
+		t.Errorf("a long-lived token is cached for %v, want %v", d, tokenCacheTTL)
+	}
+	for i := range tokenCacheSize + 1 {
+		c.put(fmt.Sprint("t", i), p, time.Now().Add(time.Hour))
+	}
+	c.mu.Lock()
+	n := len(c.entries)
+	c.mu.Unlock()
+	if n > tokenCacheSize {
+		t.Errorf("cache holds %d entries, want at most %d", n, tokenCacheSize)
 	}
 }
