@@ -12,10 +12,19 @@ import (
 
 // The SQL of orders: reading them, and placing them with their outbox rows.
 
+// orderSelect reads orders with their notifications. The notification is a
+// lateral lookup by order id (LIMIT 1 keeps the planner from turning it into
+// a join): a plain join lets the planner, expecting many orders for a page of
+// customers, hash the whole notifications table instead of probing its index
+// once per order.
 const orderSelect = `
 	SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
 	       n.channel, n.status, n.attempts, n.last_error, n.sent_at
-	FROM orders o LEFT JOIN notifications n ON n.order_id = o.id`
+	FROM orders o
+	LEFT JOIN LATERAL (
+		SELECT channel, status, attempts, last_error, sent_at FROM notifications
+		WHERE order_id = o.id LIMIT 1
+	) n ON true`
 
 func scanOrder(row interface{ Scan(...any) error }) (order, error) {
 	var (
@@ -122,109 +131,133 @@ type idempotency struct {
 
 // outboxRow is a notification waiting in the outbox.
 type outboxRow struct {
+	orderID                              int64
 	channel, recipient, subject, message string
 }
 
-// placeOrders is the one way orders come into being. In one transaction it
-// finds each order's customer, inserts the orders and queues their
-// notifications, so an order is never stored without its notification nor a
-// notification sent for an order that was rolled back. With an idempotency key
-// already used for the same request it returns that order and replayed true;
-// used for a different request, a validationError.
+// placeOrders is the one way orders come into being. It finds each order's
+// customer, then inserts the orders and queues their notifications in one
+// statement, so an order is never stored without its notification nor a
+// notification sent for an order that does not exist. With an idempotency
+// key the whole runs in a transaction that also records the key; a key
+// already used for the same request returns that order and replayed true,
+// for a different request a validationError.
 func (s *store) placeOrders(ctx context.Context, p placement) (placed []order, replayed bool, err error) {
+	if p.idempotency == nil {
+		placed, err = insertOrders(ctx, s.db, p)
+		return placed, false, err
+	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		if p.idempotency != nil {
-			var orderID int64
-			orderID, err = claimIdempotencyKey(ctx, tx, p.by, p.idempotency)
-			if err != nil || orderID != 0 {
-				if err == nil {
-					replayed = true
-					var o order
-					o, err = scanOrder(tx.QueryRowContext(ctx, orderSelect+` WHERE o.id = $1`, orderID))
-					placed = []order{o}
-				}
-				return err
-			}
-		}
-		customers, err := findCustomers(ctx, tx, p.drafts)
+		orderID, err := claimIdempotencyKey(ctx, tx, p.by, p.idempotency)
 		if err != nil {
 			return err
 		}
-		ids, err := nextOrderIDs(ctx, tx, len(p.drafts))
-		if err != nil {
+		if orderID != 0 {
+			replayed = true
+			o, err := scanOrder(tx.QueryRowContext(ctx, orderSelect+` WHERE o.id = $1`, orderID))
+			placed = []order{o}
 			return err
 		}
-		placed = make([]order, len(p.drafts))
-		var (
-			bad                                          []fieldError
-			orderIDs, customerIDs                        = make([]int64, len(p.drafts)), make([]int64, len(p.drafts))
-			items, amounts, currencies                   = make([]string, len(p.drafts)), make([]string, len(p.drafts)), make([]string, len(p.drafts))
-			times                                        = make([]time.Time, len(p.drafts))
-			outOrders                                    []int64
-			outChannels, outRecipients, outSubj, outMsgs []string
-		)
-		for i, d := range p.drafts {
-			c, found := customers.byID[d.CustomerID], true
-			if d.CustomerCode != "" {
-				c, found = customers.byCode[d.CustomerCode]
-			} else {
-				_, found = customers.byID[d.CustomerID]
-			}
-			if !found {
-				ch := p.at(i)
-				field, format, ref := d.customerField()
-				ch.add(field, format, ref)
-				bad = append(bad, ch.fields...)
-				continue
-			}
-			o := order{ID: ids[i], CustomerID: c.ID, Item: d.Item, Amount: d.Amount, Currency: d.Currency, Time: d.Time, CreatedBy: p.by}
-			if p.outbox != nil {
-				row, problem := p.outbox(d, o, c)
-				if problem != "" {
-					ch := p.at(i)
-					ch.add("channel", "%s", problem)
-					bad = append(bad, ch.fields...)
-					continue
-				}
-				if row != nil {
-					o.Notification = &notificationView{Channel: row.channel, Status: "pending"}
-					outOrders = append(outOrders, o.ID)
-					outChannels = append(outChannels, row.channel)
-					outRecipients = append(outRecipients, row.recipient)
-					outSubj = append(outSubj, row.subject)
-					outMsgs = append(outMsgs, row.message)
-				}
-			}
-			placed[i] = o
-			orderIDs[i], customerIDs[i], items[i], amounts[i], currencies[i], times[i] = o.ID, o.CustomerID, o.Item, o.Amount.String(), o.Currency, o.Time
-		}
-		if len(bad) > 0 {
-			return &validationError{detail: "the orders refer to what does not exist; nothing was placed", fields: bad}
-		}
-		// Orders and their outbox rows go in with one statement.
-		_, err = tx.ExecContext(ctx, `
-			WITH placed AS (
-				INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
-				SELECT id, customer_id, item, amount, currency, time, $7
-				FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[])
-					AS o (id, customer_id, item, amount, currency, time)
-			)
-			INSERT INTO notifications (order_id, channel, recipient, subject, message)
-			SELECT * FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])`,
-			orderIDs, customerIDs, items, amounts, currencies, times, p.by,
-			outOrders, outChannels, outRecipients, outSubj, outMsgs)
-		if code, _ := pgCode(err); code == foreignKeyViolation {
-			return &validationError{detail: "a customer was deleted while its order was placed", fields: []fieldError{{Pointer: "#/customer_id", Detail: "no such customer"}}}
-		}
-		if err != nil {
+		if placed, err = insertOrders(ctx, tx, p); err != nil {
 			return err
 		}
-		if p.idempotency != nil {
-			_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET order_id = $3 WHERE subject = $1 AND key = $2`, p.by, p.idempotency.key, orderIDs[0])
-		}
+		_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET order_id = $3 WHERE subject = $1 AND key = $2`,
+			p.by, p.idempotency.key, placed[0].ID)
 		return err
 	})
 	return placed, replayed, err
+}
+
+// querier is what insertOrders needs: the database or a transaction.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// insertOrders checks that every draft's customer exists and inserts the
+// orders with their outbox rows. A customer deleted between the check and
+// the insert fails the insert's foreign key, so nothing is written.
+func insertOrders(ctx context.Context, q querier, p placement) ([]order, error) {
+	customers, err := findCustomers(ctx, q, p.drafts)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := nextOrderIDs(ctx, q, len(p.drafts))
+	if err != nil {
+		return nil, err
+	}
+	placed := make([]order, len(p.drafts))
+	var (
+		bad    []fieldError
+		outbox []*outboxRow
+	)
+	for i, d := range p.drafts {
+		c, found := customers.byID[d.CustomerID]
+		if d.CustomerCode != "" {
+			c, found = customers.byCode[d.CustomerCode]
+		}
+		if !found {
+			ch := p.at(i)
+			ch.add(d.customerField())
+			bad = append(bad, ch.fields...)
+			continue
+		}
+		o := order{ID: ids[i], CustomerID: c.ID, Item: d.Item, Amount: d.Amount, Currency: d.Currency, Time: d.Time, CreatedBy: p.by}
+		if p.outbox != nil {
+			row, problem := p.outbox(d, o, c)
+			if problem != "" {
+				ch := p.at(i)
+				ch.add("channel", "%s", problem)
+				bad = append(bad, ch.fields...)
+				continue
+			}
+			if row != nil {
+				row.orderID = o.ID
+				outbox = append(outbox, row)
+				o.Notification = &notificationView{Channel: row.channel, Status: "pending"}
+			}
+		}
+		placed[i] = o
+	}
+	if len(bad) > 0 {
+		return nil, &validationError{detail: "the orders refer to what does not exist; nothing was placed", fields: bad}
+	}
+	err = insertOrderRows(ctx, q, p.by, placed, outbox)
+	if code, _ := pgCode(err); code == foreignKeyViolation {
+		return nil, &validationError{detail: "a customer was deleted while its order was placed", fields: []fieldError{{Pointer: "#/customer_id", Detail: "no such customer"}}}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return placed, nil
+}
+
+// insertOrderRows writes orders and their outbox rows with one statement,
+// column by column.
+func insertOrderRows(ctx context.Context, q querier, by string, orders []order, outbox []*outboxRow) error {
+	n := len(orders)
+	ids, customerIDs, times := make([]int64, n), make([]int64, n), make([]time.Time, n)
+	items, amounts, currencies := make([]string, n), make([]string, n), make([]string, n)
+	for i, o := range orders {
+		ids[i], customerIDs[i], items[i], amounts[i], currencies[i], times[i] = o.ID, o.CustomerID, o.Item, o.Amount.String(), o.Currency, o.Time
+	}
+	m := len(outbox)
+	orderIDs, channels, recipients, subjects, messages := make([]int64, m), make([]string, m), make([]string, m), make([]string, m), make([]string, m)
+	for i, r := range outbox {
+		orderIDs[i], channels[i], recipients[i], subjects[i], messages[i] = r.orderID, r.channel, r.recipient, r.subject, r.message
+	}
+	_, err := q.ExecContext(ctx, `
+		WITH placed AS (
+			INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
+			SELECT id, customer_id, item, amount, currency, time, $7
+			FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[])
+				AS o (id, customer_id, item, amount, currency, time)
+		)
+		INSERT INTO notifications (order_id, channel, recipient, subject, message)
+		SELECT * FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])`,
+		ids, customerIDs, items, amounts, currencies, times, by,
+		orderIDs, channels, recipients, subjects, messages)
+	return err
 }
 
 // claimIdempotencyKey records key for subject and returns 0, or, when the
@@ -261,9 +294,8 @@ type customerIndex struct {
 	byCode map[string]customer
 }
 
-// findCustomers loads, in one query, every customer the drafts name. The
-// rows are share-locked so that none is deleted before the orders commit.
-func findCustomers(ctx context.Context, tx *sql.Tx, drafts []orderDraft) (customerIndex, error) {
+// findCustomers loads, in one query, every customer the drafts name.
+func findCustomers(ctx context.Context, q querier, drafts []orderDraft) (customerIndex, error) {
 	var ids []int64
 	var codes []string
 	for _, d := range drafts {
@@ -274,8 +306,8 @@ func findCustomers(ctx context.Context, tx *sql.Tx, drafts []orderDraft) (custom
 		}
 	}
 	idx := customerIndex{byID: map[int64]customer{}, byCode: map[string]customer{}}
-	rows, err := tx.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers
-		WHERE id = ANY($1) OR code = ANY($2) FOR KEY SHARE`, ids, codes)
+	rows, err := q.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers
+		WHERE id = ANY($1) OR code = ANY($2)`, ids, codes)
 	if err != nil {
 		return idx, err
 	}
@@ -293,12 +325,7 @@ func findCustomers(ctx context.Context, tx *sql.Tx, drafts []orderDraft) (custom
 // unknownCustomers returns the indexes of the drafts whose customer does not
 // exist; drafts without a usable reference are not looked up.
 func (s *store) unknownCustomers(ctx context.Context, drafts []orderDraft) (map[int]bool, error) {
-	var idx customerIndex
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		idx, err = findCustomers(ctx, tx, drafts)
-		return err
-	})
+	idx, err := findCustomers(ctx, s.db, drafts)
 	if err != nil {
 		return nil, err
 	}
@@ -315,8 +342,8 @@ func (s *store) unknownCustomers(ctx context.Context, drafts []orderDraft) (map[
 
 // nextOrderIDs takes n ids from the orders sequence, so that the outbox rows
 // can name their orders in the same statement that inserts them.
-func nextOrderIDs(ctx context.Context, tx *sql.Tx, n int) ([]int64, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)`, n)
+func nextOrderIDs(ctx context.Context, q querier, n int) ([]int64, error) {
+	rows, err := q.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)`, n)
 	if err != nil {
 		return nil, err
 	}
