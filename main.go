@@ -187,7 +187,12 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 // a local run's silence for delivery).
 func newNotificationChannels(cfg config, log *slog.Logger) (*channels, error) {
 	cs := newChannels()
-	client := &http.Client{Timeout: 15 * time.Second}
+	// One connection per concurrent send stays open between sends: the
+	// default two idle connections per host would make most sends dial (and
+	// handshake TLS) again.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = maxConcurrentSends
+	client := &http.Client{Timeout: 15 * time.Second, Transport: transport}
 	phone := func(c customer) string { return c.Phone }
 	email := func(c customer) string {
 		if c.Email == nil {

@@ -34,6 +34,10 @@ type worker struct {
 	wakeup chan struct{}
 }
 
+// maxConcurrentSends bounds the sends under way in one process; providers'
+// HTTP clients keep as many idle connections, so that sends reuse them.
+const maxConcurrentSends = 64
+
 func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 	return &worker{
 		db:          db,
@@ -42,7 +46,7 @@ func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 		poll:        500 * time.Millisecond,
 		lease:       2 * time.Minute,
 		sendTimeout: 30 * time.Second,
-		concurrency: 64,
+		concurrency: maxConcurrentSends,
 		maxAttempts: 20,
 		backoff:     backoff,
 		wakeup:      make(chan struct{}, 1),
@@ -84,6 +88,9 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 	slots := make(chan struct{}, w.concurrency)
 	freed := make(chan struct{}, 1) // a send finished while every slot was busy
 	var inFlight sync.WaitGroup
+	outcomes := make(chan outcome, w.concurrency)
+	recorded := make(chan struct{})
+	go func() { defer close(recorded); w.record(outcomes) }()
 	defer func() {
 		done := make(chan struct{})
 		go func() { inFlight.Wait(); close(done) }()
@@ -94,6 +101,8 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 			cancelSends()
 			<-done
 		}
+		close(outcomes)
+		<-recorded
 	}()
 	// Keys are purged at start and hourly, so that replicas restarted more
 	// often than hourly still purge.
@@ -124,7 +133,7 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 					default:
 					}
 				}()
-				w.deliver(sendCtx, c)
+				outcomes <- w.send(sendCtx, c)
 			}()
 		}
 		if len(rows) == free && free > 0 {
@@ -180,71 +189,136 @@ func (w *worker) claim(ctx context.Context, n int) ([]claimed, error) {
 	return out, rows.Err()
 }
 
-// deliver sends one claimed row and records the outcome: sent, a retry after
+// outcome is what became of one send.
+type outcome struct {
+	claimed
+	status     string // sent, failed, or pending for a retry after retryIn
+	providerID string
+	err        error
+	retryIn    time.Duration
+}
+
+// send delivers one claimed row and decides its outcome: sent, a retry after
 // backoff, or failed after a permanent error or the last attempt.
-func (w *worker) deliver(ctx context.Context, c claimed) {
+func (w *worker) send(ctx context.Context, c claimed) outcome {
+	o := outcome{claimed: c, status: "sent"}
 	ch, ok := w.channels.byName[c.channel]
-	var (
-		providerID string
-		err        error
-	)
 	if !ok {
-		err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
+		o.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
 	} else {
 		sendCtx, cancel := context.WithTimeout(ctx, w.sendTimeout)
-		providerID, err = ch.sender.Send(sendCtx, c.msg)
+		o.providerID, o.err = ch.sender.Send(sendCtx, c.msg)
 		cancel()
 	}
-	log := w.log.With("notification_id", c.id, "order_id", c.msg.OrderID, "channel", c.channel, "attempt", c.attempts)
 	var se *SendError
-	permanent := errors.As(err, &se) && se.Permanent
-	// Outcomes are recorded even while shutting down: losing one would
-	// resend a message that was delivered.
-	recordCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	var (
-		res     sql.Result
-		recErr  error
-		outcome string
-	)
 	switch {
-	case err == nil:
-		outcome = "notification sent"
-		res, recErr = w.db.ExecContext(recordCtx, `
-			UPDATE notifications
-			SET status = 'sent', sent_at = now(), provider_message_id = $3, last_error = NULL, locked_until = NULL
-			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, providerID)
-		log = log.With("provider_id", providerID)
-	case permanent || c.attempts >= w.maxAttempts:
-		outcome = "notification failed"
-		res, recErr = w.db.ExecContext(recordCtx, `
-			UPDATE notifications SET status = 'failed', last_error = $3, locked_until = NULL
-			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, err.Error())
-		log = log.With("error", err, "permanent", permanent)
+	case o.err == nil:
+	case errors.As(o.err, &se) && se.Permanent, c.attempts >= w.maxAttempts:
+		o.status = "failed"
 	default:
-		retryIn := w.backoff(c.attempts)
-		outcome = "notification will be retried"
-		res, recErr = w.db.ExecContext(recordCtx, `
-			UPDATE notifications
-			SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, locked_until = NULL
-			WHERE id = $1 AND attempts = $2`, c.id, c.attempts, retryIn.Seconds(), err.Error())
-		log = log.With("error", err, "retry_in", retryIn.String())
+		o.status = "pending"
+		o.retryIn = w.backoff(c.attempts)
 	}
-	if recErr != nil {
-		log.Error(outcome+"; recording it failed, so the row falls due again after its lease", "record_error", recErr)
-		return
+	return o
+}
+
+// deliver sends one claimed row and records its outcome at once.
+func (w *worker) deliver(ctx context.Context, c claimed) {
+	w.recordBatch([]outcome{w.send(ctx, c)})
+}
+
+// record writes outcomes as they come, each write taking every outcome
+// already waiting, so that under load one statement records many sends.
+func (w *worker) record(outcomes <-chan outcome) {
+	for o := range outcomes {
+		batch := []outcome{o}
+	gather:
+		for len(batch) < 256 {
+			select {
+			case more, ok := <-outcomes:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, more)
+			default:
+				break gather
+			}
+		}
+		w.recordBatch(batch)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		// The lease ran out mid-send and another worker claimed the row: its
-		// outcome is the one that counts. If both sent, this is the one
-		// duplicate the design allows.
-		log.Warn(outcome + ", but the lease had passed to another worker; outcome discarded")
-		return
+}
+
+var outcomeMessages = map[string]string{
+	"sent":    "notification sent",
+	"failed":  "notification failed",
+	"pending": "notification will be retried",
+}
+
+// recordBatch stores outcomes in one statement. An outcome applies only if
+// the row still carries the attempt it was claimed with: when a lease ran out
+// mid-send and another worker claimed the row, that worker's outcome counts.
+// Recording happens even while shutting down: losing an outcome would resend
+// a message that was delivered.
+func (w *worker) recordBatch(batch []outcome) {
+	n := len(batch)
+	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
+	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)
+	for i, o := range batch {
+		ids[i], attempts[i], statuses[i], providerIDs[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.providerID, o.retryIn.Seconds()
+		if o.err != nil {
+			lastErrors[i] = o.err.Error()
+		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	applied := make(map[int64]bool, n)
+	rows, err := w.db.QueryContext(ctx, `
+		UPDATE notifications n SET
+			status = u.status,
+			sent_at = CASE WHEN u.status = 'sent' THEN now() END,
+			provider_message_id = NULLIF(u.provider_id, ''),
+			last_error = NULLIF(u.last_error, ''),
+			next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.retry_in) ELSE n.next_attempt_at END,
+			locked_until = NULL
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
+			AS u (id, attempts, status, provider_id, last_error, retry_in)
+		WHERE n.id = u.id AND n.attempts = u.attempts
+		RETURNING n.id`, ids, attempts, statuses, providerIDs, lastErrors, retryIn)
 	if err == nil {
-		log.Info(outcome)
-	} else {
-		log.Warn(outcome)
+		for rows.Next() {
+			var id int64
+			if err = rows.Scan(&id); err != nil {
+				break
+			}
+			applied[id] = true
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	for _, o := range batch {
+		log := w.log.With("notification_id", o.id, "order_id", o.msg.OrderID, "channel", o.channel, "attempt", o.attempts)
+		what := outcomeMessages[o.status]
+		switch {
+		case o.status == "sent":
+			log = log.With("provider_id", o.providerID)
+		case o.status == "pending":
+			log = log.With("error", o.err, "retry_in", o.retryIn.String())
+		default:
+			log = log.With("error", o.err)
+		}
+		switch {
+		case err != nil:
+			log.Error(what+"; recording it failed, so the row falls due again after its lease", "record_error", err)
+		case !applied[o.id]:
+			// If both workers sent, this is the one duplicate the design allows.
+			log.Warn(what + ", but the lease had passed to another worker; outcome discarded")
+		case o.status == "sent":
+			log.Info(what)
+		default:
+			log.Warn(what)
+		}
 	}
 }
 

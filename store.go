@@ -34,8 +34,8 @@ func openStore(ctx context.Context, url string) (*store, error) {
 	}
 	// Two cores serve the API and the worker; more connections than this only
 	// queue inside PostgreSQL instead of here.
-	db.SetMaxOpenConns(24)
-	db.SetMaxIdleConns(24)
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	return &store{db: db}, nil
 }
