@@ -3,7 +3,7 @@
 # Talking (50 ms per send), loaded with wrk at 16 and 64 connections, then
 # pgbench running the same SQL at the same concurrency. Prints one table.
 #
-#   DURATION=10s CONNECTIONS="16 64" CUSTOMERS=1000 scripts/bench.sh
+#   DURATION=10s CONNECTIONS="16 64" CUSTOMERS=1000 PROFILE= scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,9 @@ admin_url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmo
 db_url="${admin_url%/*}/om_bench?sslmode=disable"
 psql "$admin_url" -qc "DROP DATABASE IF EXISTS om_bench" -qc "CREATE DATABASE om_bench" >/dev/null
 
-go build -o "$work/order-management" .
+# PROFILE=1: the binary serves pprof on 127.0.0.1:6060 and each run saves a
+# CPU profile to .dev/bench/cpu-<request>-<conns>.prof.
+go build ${PROFILE:+-tags pprof} -o "$work/order-management" .
 go build -o "$work/devissuer" ./cmd/devissuer
 go build -o "$work/fakegateway" ./cmd/fakegateway
 
@@ -47,7 +49,8 @@ service=$!
 pids+=("$service")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
-# Customers with 5 orders each, their notifications already sent.
+# Customers with 5 orders each, their notifications already sent. New orders
+# go to customers past the first page, so the list keeps 5 orders each.
 psql "$db_url" -q <<SQL
 INSERT INTO customers (code, name, phone, email, created_by)
 SELECT 'B-' || g, 'Bench Customer ' || g, '+2547' || lpad(g::text, 8, '0'), 'c' || g || '@example.com', 'seed'
@@ -63,36 +66,51 @@ SQL
 declare -A rps p50 p99 errs
 # wrk's --latency table: "50%  1.23ms"; normalise to milliseconds.
 ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub("us","",v); printf "%.2f", v/1000 } else if (v ~ /ms$/) { sub("ms","",v); printf "%.2f", v } else { sub("s","",v); printf "%.2f", v*1000 } }'; }
+# Each run starts once the worker has delivered everything the last one queued.
+# Statistics are refreshed too, as autovacuum would be between real bursts,
+# so that neither side runs on plans made for a tenth of the rows.
+drain() {
+	for _ in $(seq 600); do
+		if [ "$(psql "$db_url" -Atc "SELECT count(*) FROM notifications WHERE status = 'pending'")" = 0 ]; then
+			psql "$db_url" -qc ANALYZE
+			return
+		fi
+		sleep 0.1
+	done
+	echo "bench: the outbox did not drain" >&2
+}
 
 for c in $CONNECTIONS; do
 	for name in post_order get_order list_customers; do
+		drain
+		if [ -n "${PROFILE:-}" ]; then
+			curl -s "http://127.0.0.1:6060/debug/pprof/profile?seconds=$(( ${DURATION%s} - 2 ))" >"$work/cpu-$name-$c.prof" &
+		fi
 		out=$(wrk -t2 -c"$c" -d"$DURATION" --latency -s "scripts/bench/$name.lua" "http://127.0.0.1:$PORT")
 		echo "$out" >"$work/wrk-$name-$c.txt"
 		rps[$name,$c]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
 		p50[$name,$c]=$(ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
 		p99[$name,$c]=$(ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
 		errs[$name,$c]=$(echo "$out" | awk '/Non-2xx/ {print $5} /Socket errors/ {print "socket"}' | tr '\n' ' ')
-	done
-done
-rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
-delivered=$(curl -fs "http://$GATEWAY/count")
-kill "$service"; wait "$service" 2>/dev/null || true
 
-# pgbench runs the same statements with the service stopped.
-for c in $CONNECTIONS; do
-	for name in create_order get_order list_customers; do
+		# pgbench runs the same statements on the same data, with the service
+		# idle (its orders' notifications are inserted as sent, so that the
+		# worker leaves them alone).
+		drain
+		sql=$name; [ "$name" = post_order ] && sql=create_order
 		rm -f "$work"/pgbench_log.*
 		pgbench -n -M prepared -c "$c" -j 2 -T "${DURATION%s}" -D customers="$CUSTOMERS" -D orders="$ORDERS" \
-			-f "scripts/bench/$name.sql" -l --log-prefix="$work/pgbench_log" "$db_url" >"$work/pgbench-$name-$c.txt" 2>&1
-		key=$name; [ "$name" = create_order ] && key=post_order
-		rps[pg_$key,$c]=$(awk '/^tps/ {printf "%.0f", $3}' "$work/pgbench-$name-$c.txt")
+			-f "scripts/bench/$sql.sql" -l --log-prefix="$work/pgbench_log" "$db_url" >"$work/pgbench-$sql-$c.txt" 2>&1
+		rps[pg_$name,$c]=$(awk '/^tps/ {printf "%.0f", $3}' "$work/pgbench-$sql-$c.txt")
 		sort -n -k3,3 "$work"/pgbench_log.* | awk '{print $3}' >"$work/lat.txt"
 		n=$(wc -l <"$work/lat.txt")
-		p50[pg_$key,$c]=$(awk -v n="$n" 'NR == int(n*0.50)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
-		p99[pg_$key,$c]=$(awk -v n="$n" 'NR == int(n*0.99)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
+		p50[pg_$name,$c]=$(awk -v n="$n" 'NR == int(n*0.50)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
+		p99[pg_$name,$c]=$(awk -v n="$n" 'NR == int(n*0.99)+1 {printf "%.2f", $1/1000}' "$work/lat.txt")
 	done
 done
 rm -f "$work"/pgbench_log.* "$work/lat.txt"
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
+delivered=$(curl -fs "http://$GATEWAY/count")
 
 echo
 echo "| request | conns | req/s | p50 ms | p99 ms | pgbench tx/s | pgbench p50 ms | pgbench p99 ms | ratio | errors |"

@@ -15,6 +15,6 @@ wrk.headers["Authorization"] = "Bearer " .. token
 wrk.headers["Content-Type"] = "application/json"
 
 function request()
-  local body = string.format('{"customer_id":%d,"item":"bench-kit","amount":"12.50"}', math.random(customers))
+  local body = string.format('{"customer_id":%d,"item":"bench-kit","amount":"12.50"}', math.random(101, customers))
   return wrk.format(nil, "/v1/orders", nil, body)
 end
