@@ -43,7 +43,7 @@ TOKEN=$("$work/devissuer" -issuer "http://$ISSUER" -key-file "$work/issuer.pem" 
 export TOKEN CUSTOMERS ORDERS
 
 DATABASE_URL=$db_url PORT=$PORT OIDC_ISSUER_URL="http://$ISSUER" OIDC_AUDIENCE=order-management \
-	AT_USERNAME=bench AT_API_KEY=bench AT_BASE_URL="http://$GATEWAY" LOG_LEVEL=info \
+	AT_USERNAME=bench AT_API_KEY=bench AT_BASE_URL="http://$GATEWAY" LOG_LEVEL=${LOG_LEVEL:-info} \
 	"$work/order-management" >"$work/service.log" 2>&1 &
 service=$!
 pids+=("$service")
