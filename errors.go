@@ -1,12 +1,16 @@
 package main
 
 import (
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // The store and the decoders report failures with these few error types; one
@@ -128,6 +132,8 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, errNotFound):
 		return http.StatusNotFound
+	case databaseUnavailable(err):
+		return http.StatusServiceUnavailable
 	case errors.As(err, &ce):
 		return http.StatusConflict
 	case errors.As(err, &re):
@@ -147,6 +153,11 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 		info := requestInfoFrom(r.Context())
 		info.cause = err
 		writeProblem(w, status, "internal error; request id "+info.id, nil)
+	case http.StatusServiceUnavailable:
+		info := requestInfoFrom(r.Context())
+		info.cause = err
+		w.Header().Set("Retry-After", "2")
+		writeProblem(w, status, "the database is unavailable; retry shortly (request id "+info.id+")", nil)
 	case http.StatusNotFound:
 		writeProblem(w, status, "no such resource: "+r.URL.Path, nil)
 	default:
@@ -163,4 +174,18 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 			writeProblem(w, status, err.Error(), nil)
 		}
 	}
+}
+
+// databaseUnavailable reports whether err means the database could not be
+// reached or dropped the connection (a restart, a failover), which a client
+// may retry, as opposed to a fault in the service.
+func databaseUnavailable(err error) bool {
+	var (
+		connect *pgconn.ConnectError
+		netErr  net.Error
+	)
+	code, _ := pgCode(err)
+	return errors.As(err, &connect) || errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn) ||
+		strings.HasPrefix(code, "08") || // connection exception
+		strings.HasPrefix(code, "57P") // operator intervention: shutdown, crash, cannot connect now
 }

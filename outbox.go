@@ -72,10 +72,11 @@ func (w *worker) wake() {
 
 // claimed is an outbox row a worker has leased.
 type claimed struct {
-	id       int64
-	attempts int
-	channel  string
-	msg      Message
+	id        int64
+	attempts  int
+	channel   string
+	msg       Message
+	claimedAt time.Time // when the lease began, by this process's clock
 }
 
 // run delivers until ctx ends, then waits up to drain for sends under way and
@@ -125,15 +126,19 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 			slots <- struct{}{}
 			inFlight.Add(1)
 			go func() {
-				defer func() {
+				o := w.send(sendCtx, c)
+				// The slot is freed once the outcome is recorded, so that no
+				// more than concurrency sends are ever accepted but unrecorded
+				// (the messages a crash could send twice).
+				o.release = func() {
 					<-slots
 					inFlight.Done()
 					select {
 					case freed <- struct{}{}:
 					default:
 					}
-				}()
-				outcomes <- w.send(sendCtx, c)
+				}
+				outcomes <- o
 			}()
 		}
 		if len(rows) == free && free > 0 {
@@ -159,6 +164,7 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 // claim leases up to n due rows. The statement commits on its own, so the
 // claim is visible to every replica before any message leaves.
 func (w *worker) claim(ctx context.Context, n int) ([]claimed, error) {
+	claimedAt := time.Now()
 	rows, err := w.db.QueryContext(ctx, `
 		UPDATE notifications n
 		SET attempts = n.attempts + 1,
@@ -180,7 +186,7 @@ func (w *worker) claim(ctx context.Context, n int) ([]claimed, error) {
 	defer rows.Close()
 	var out []claimed
 	for rows.Next() {
-		var c claimed
+		c := claimed{claimedAt: claimedAt}
 		if err := rows.Scan(&c.id, &c.attempts, &c.channel, &c.msg.OrderID, &c.msg.To, &c.msg.Subject, &c.msg.Body); err != nil {
 			return nil, err
 		}
@@ -196,6 +202,7 @@ type outcome struct {
 	providerID string
 	err        error
 	retryIn    time.Duration
+	release    func() // called once the outcome is recorded (or given up)
 }
 
 // send delivers one claimed row and decides its outcome: sent, a retry after
@@ -245,7 +252,41 @@ func (w *worker) record(outcomes <-chan outcome) {
 			}
 		}
 		w.recordBatch(batch)
+		for _, o := range batch {
+			o.release()
+		}
 	}
+}
+
+// applyOutcomes runs the guarded update once and returns the ids it applied to.
+func (w *worker) applyOutcomes(ids, attempts []int64, statuses, providerIDs, lastErrors []string, retryIn []float64) (map[int64]bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	applied := make(map[int64]bool, len(ids))
+	rows, err := w.db.QueryContext(ctx, `
+		UPDATE notifications n SET
+			status = u.status,
+			sent_at = CASE WHEN u.status = 'sent' THEN now() END,
+			provider_message_id = NULLIF(u.provider_id, ''),
+			last_error = NULLIF(u.last_error, ''),
+			next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.retry_in) ELSE n.next_attempt_at END,
+			locked_until = NULL
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
+			AS u (id, attempts, status, provider_id, last_error, retry_in)
+		WHERE n.id = u.id AND n.attempts = u.attempts
+		RETURNING n.id`, ids, attempts, statuses, providerIDs, lastErrors, retryIn)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		applied[id] = true
+	}
+	return applied, rows.Err()
 }
 
 var outcomeMessages = map[string]string{
@@ -269,33 +310,28 @@ func (w *worker) recordBatch(batch []outcome) {
 			lastErrors[i] = o.err.Error()
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	applied := make(map[int64]bool, n)
-	rows, err := w.db.QueryContext(ctx, `
-		UPDATE notifications n SET
-			status = u.status,
-			sent_at = CASE WHEN u.status = 'sent' THEN now() END,
-			provider_message_id = NULLIF(u.provider_id, ''),
-			last_error = NULLIF(u.last_error, ''),
-			next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.retry_in) ELSE n.next_attempt_at END,
-			locked_until = NULL
-		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
-			AS u (id, attempts, status, provider_id, last_error, retry_in)
-		WHERE n.id = u.id AND n.attempts = u.attempts
-		RETURNING n.id`, ids, attempts, statuses, providerIDs, lastErrors, retryIn)
-	if err == nil {
-		for rows.Next() {
-			var id int64
-			if err = rows.Scan(&id); err != nil {
-				break
-			}
-			applied[id] = true
+	// The update is guarded by the attempt number, so repeating it is safe;
+	// it is retried through a database restart, because the process still
+	// knows these outcomes and dropping one would resend a delivered message
+	// when its lease ends. The retries stop well before any lease can.
+	deadline := batch[0].claimedAt
+	for _, o := range batch {
+		if o.claimedAt.Before(deadline) {
+			deadline = o.claimedAt
 		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
+	}
+	deadline = deadline.Add(w.lease * 3 / 4)
+	var (
+		applied map[int64]bool
+		err     error
+	)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		applied, err = w.applyOutcomes(ids, attempts, statuses, providerIDs, lastErrors, retryIn)
+		if err == nil || time.Now().Add(wait).After(deadline) {
+			break
 		}
+		w.log.Warn("outbox: recording outcomes failed; retrying", "error", err, "outcomes", n, "retry_in", wait.String())
+		time.Sleep(wait)
 	}
 	for _, o := range batch {
 		log := w.log.With("notification_id", o.id, "order_id", o.msg.OrderID, "channel", o.channel, "attempt", o.attempts)
