@@ -104,7 +104,7 @@ func TestOutboxRecordsThroughDatabaseOutage(t *testing.T) {
 	proxy.setCut(true)
 	go func() { time.Sleep(700 * time.Millisecond); proxy.setCut(false) }()
 	start := time.Now()
-	w.recordBatch([]outcome{o})
+	w.recordBatch(t.Context(), []outcome{o})
 	if time.Since(start) < 500*time.Millisecond {
 		t.Errorf("recorded after %v, while the database was cut off", time.Since(start))
 	}

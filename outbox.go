@@ -91,7 +91,7 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 	var inFlight sync.WaitGroup
 	outcomes := make(chan outcome, w.concurrency)
 	recorded := make(chan struct{})
-	go func() { defer close(recorded); w.record(outcomes) }()
+	go func() { defer close(recorded); w.record(sendCtx, outcomes) }()
 	defer func() {
 		done := make(chan struct{})
 		go func() { inFlight.Wait(); close(done) }()
@@ -231,12 +231,13 @@ func (w *worker) send(ctx context.Context, c claimed) outcome {
 
 // deliver sends one claimed row and records its outcome at once.
 func (w *worker) deliver(ctx context.Context, c claimed) {
-	w.recordBatch([]outcome{w.send(ctx, c)})
+	w.recordBatch(ctx, []outcome{w.send(ctx, c)})
 }
 
 // record writes outcomes as they come, each write taking every outcome
 // already waiting, so that under load one statement records many sends.
-func (w *worker) record(outcomes <-chan outcome) {
+// Retries of a failed write stop when ctx ends (the shutdown's drain time).
+func (w *worker) record(ctx context.Context, outcomes <-chan outcome) {
 	for o := range outcomes {
 		batch := []outcome{o}
 	gather:
@@ -251,7 +252,7 @@ func (w *worker) record(outcomes <-chan outcome) {
 				break gather
 			}
 		}
-		w.recordBatch(batch)
+		w.recordBatch(ctx, batch)
 		for _, o := range batch {
 			o.release()
 		}
@@ -300,7 +301,7 @@ var outcomeMessages = map[string]string{
 // mid-send and another worker claimed the row, that worker's outcome counts.
 // Recording happens even while shutting down: losing an outcome would resend
 // a message that was delivered.
-func (w *worker) recordBatch(batch []outcome) {
+func (w *worker) recordBatch(ctx context.Context, batch []outcome) {
 	n := len(batch)
 	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
 	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)
@@ -331,7 +332,12 @@ func (w *worker) recordBatch(batch []outcome) {
 			break
 		}
 		w.log.Warn("outbox: recording outcomes failed; retrying", "error", err, "outcomes", n, "retry_in", wait.String())
-		time.Sleep(wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+			continue
+		}
+		break
 	}
 	for _, o := range batch {
 		log := w.log.With("notification_id", o.id, "order_id", o.msg.OrderID, "channel", o.channel, "attempt", o.attempts)
