@@ -223,6 +223,16 @@ const (
 	gsmExtended = "^{}\\[~]|€\f"
 )
 
+var gsmBasicSet, gsmExtendedSet = runeSet(gsmBasic), runeSet(gsmExtended)
+
+func runeSet(s string) map[rune]bool {
+	set := make(map[rune]bool, len(s))
+	for _, r := range s {
+		set[r] = true
+	}
+	return set
+}
+
 // smsLength counts septets for GSM-7 text, UTF-16 code units otherwise.
 func smsLength(s string) int {
 	if segmentFor(s) == ucs2Segment {
@@ -231,7 +241,7 @@ func smsLength(s string) int {
 	n := 0
 	for _, r := range s {
 		n++
-		if strings.ContainsRune(gsmExtended, r) {
+		if gsmExtendedSet[r] {
 			n++
 		}
 	}
@@ -241,7 +251,7 @@ func smsLength(s string) int {
 // segmentFor returns the single-segment limit for s's encoding.
 func segmentFor(s string) int {
 	for _, r := range s {
-		if !strings.ContainsRune(gsmBasic, r) && !strings.ContainsRune(gsmExtended, r) {
+		if !gsmBasicSet[r] && !gsmExtendedSet[r] {
 			return ucs2Segment
 		}
 	}
