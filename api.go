@@ -294,10 +294,9 @@ func decodeJSONBody(body io.Reader, v any) error {
 // client what and where.
 func jsonError(err error) error {
 	var (
-		syntax  *json.SyntaxError
-		typ     *json.UnmarshalTypeError
-		tooBig  *http.MaxBytesError
-		invalid *requestError
+		syntax *json.SyntaxError
+		typ    *json.UnmarshalTypeError
+		tooBig *http.MaxBytesError
 	)
 	bad := func(detail string, fields ...fieldError) error {
 		return &requestError{status: http.StatusBadRequest, detail: detail, fields: fields}
@@ -312,11 +311,12 @@ func jsonError(err error) error {
 	case errors.Is(err, io.EOF):
 		return bad("the body must not be empty")
 	case errors.As(err, &typ):
-		pointer := "#/" + strings.ReplaceAll(typ.Field, ".", "/")
 		detail := fmt.Sprintf("must be a JSON %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
-		return bad(pointer[2:]+" "+detail, fieldError{Pointer: pointer, Detail: detail})
-	case errors.As(err, &invalid):
-		return invalid
+		if typ.Field == "" {
+			return bad("the body "+detail, fieldError{Pointer: "#", Detail: detail})
+		}
+		field := strings.ReplaceAll(typ.Field, ".", "/")
+		return bad(field+" "+detail, fieldError{Pointer: "#/" + field, Detail: detail})
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
 		return bad("unknown field "+strconv.Quote(name), fieldError{Pointer: "#/" + name, Detail: "is not a known field"})

@@ -149,7 +149,7 @@ func TestAPIBodyErrors(t *testing.T) {
 		{"two values", `{"code":"A"} {"code":"B"}`, "application/json", 400, "", "single JSON value"},
 		{"unknown field", `{"code":"A","name":"B","phone":"+254712345678","nickname":"x"}`, "application/json", 400, "#/nickname", "unknown field"},
 		{"wrong type", `{"code":7,"name":"B","phone":"+254712345678"}`, "application/json", 400, "#/code", "must be a JSON string"},
-		{"array", `[]`, "application/json", 400, "", "must be a JSON object"},
+		{"array", `[]`, "application/json", 400, "#", "the body must be a JSON object"},
 		{"text/plain", `{}`, "text/plain", 415, "", "application/json"},
 		{"no content type", `{}`, "", 415, "", "application/json"},
 		{"charset is fine", `{"code":"CS-1","name":"B","phone":"+254712345678"}`, "application/json; charset=utf-8", 201, "", ""},
