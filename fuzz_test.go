@@ -156,7 +156,7 @@ func fuzzDecode(t *testing.T, data []byte, v any) bool {
 		t.Fatalf("body %q: refused with no detail", data)
 	}
 	for _, fe := range re.fields {
-		if !strings.HasPrefix(fe.Pointer, "#/") || fe.Detail == "" {
+		if (fe.Pointer != "#" && !strings.HasPrefix(fe.Pointer, "#/")) || fe.Detail == "" {
 			t.Fatalf("body %q: field error %+v does not point into the body", data, fe)
 		}
 	}
