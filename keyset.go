@@ -40,7 +40,7 @@ func newKeySet(url string, client *http.Client) *keySet {
 // VerifySignature returns the payload of jwt when a key of the set verifies
 // its signature. go-oidc has already checked that the algorithm is allowed.
 func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
-	jws, err := jose.ParseSigned(jwt, signingAlgorithms())
+	jws, err := jose.ParseSigned(jwt, joseSigningAlgs)
 	if err != nil {
 		return nil, err
 	}
@@ -150,10 +150,11 @@ func (k *keySet) load(ctx context.Context) error {
 	return nil
 }
 
-func signingAlgorithms() []jose.SignatureAlgorithm {
+// joseSigningAlgs is signingAlgs as go-jose names them.
+var joseSigningAlgs = func() []jose.SignatureAlgorithm {
 	algs := make([]jose.SignatureAlgorithm, len(signingAlgs))
 	for i, a := range signingAlgs {
 		algs[i] = jose.SignatureAlgorithm(a)
 	}
 	return algs
-}
+}()
