@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -101,18 +102,12 @@ func (cs *channels) setRules(spec string) error {
 }
 
 func (cs *channels) names() []string {
-	names := []string{channelNone}
-	for _, n := range []string{"sms", "email"} {
-		if _, ok := cs.byName[n]; ok {
-			names = append(names, n)
-		}
-	}
+	names := make([]string, 0, len(cs.byName)+1)
 	for n := range cs.byName {
-		if n != "sms" && n != "email" {
-			names = append(names, n)
-		}
+		names = append(names, n)
 	}
-	return names
+	slices.Sort(names)
+	return append(names, channelNone)
 }
 
 // choose returns the channel the rules give item.
