@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"mime/quotedprintable"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/mail"
@@ -245,136 +243,6 @@ func (f *ntATFake) requests() []ntATRequest {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]ntATRequest(nil), f.reqs...)
-}
-
-// ntMail is one message the SMTP server accepted.
-type ntMail struct {
-	from string
-	to   []string
-	data string
-}
-
-// ntSMTP is a plain SMTP relay on 127.0.0.1 that accepts everything.
-type ntSMTP struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-	msgs  []ntMail
-}
-
-func ntNewSMTP(t testing.TB) *ntSMTP {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &ntSMTP{ln: ln, conns: map[net.Conn]bool{}}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns[c] = true
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				s.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-func (s *ntSMTP) url() string { return "smtp://" + s.ln.Addr().String() }
-
-func (s *ntSMTP) serve(conn net.Conn) {
-	r, w := bufio.NewReader(conn), bufio.NewWriter(conn)
-	say := func(lines ...string) {
-		for _, l := range lines {
-			w.WriteString(l + "\r\n")
-		}
-		w.Flush()
-	}
-	say("220 nt.test ESMTP")
-	var m *ntMail
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		verb, arg, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
-		addr := func() string {
-			_, rest, _ := strings.Cut(arg, "<")
-			a, _, _ := strings.Cut(rest, ">")
-			return a
-		}
-		switch strings.ToUpper(verb) {
-		case "EHLO":
-			say("250-nt.test", "250 8BITMIME")
-		case "HELO", "NOOP", "RSET":
-			say("250 ok")
-		case "MAIL":
-			m = &ntMail{from: addr()}
-			say("250 ok")
-		case "RCPT":
-			if m == nil {
-				say("503 need MAIL")
-				continue
-			}
-			m.to = append(m.to, addr())
-			say("250 ok")
-		case "DATA":
-			if m == nil || len(m.to) == 0 {
-				say("503 need RCPT")
-				continue
-			}
-			say("354 go ahead")
-			var b strings.Builder
-			for {
-				l, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if l == ".\r\n" {
-					break
-				}
-				b.WriteString(strings.TrimPrefix(l, "."))
-			}
-			m.data = b.String()
-			s.mu.Lock()
-			s.msgs = append(s.msgs, *m)
-			s.mu.Unlock()
-			m = nil
-			say("250 queued")
-		case "QUIT":
-			say("221 bye")
-			return
-		default:
-			say("502 unknown")
-		}
-	}
-}
-
-func (s *ntSMTP) received() []ntMail {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]ntMail(nil), s.msgs...)
 }
 
 // ntParseMail returns a received message's decoded Subject and body.
@@ -759,10 +627,11 @@ func TestNotifyEndToEndSMS(t *testing.T) {
 }
 
 func TestNotifyEndToEndEmail(t *testing.T) {
-	relay := ntNewSMTP(t)
+	relay := &smtpServer{} // mail_test.go
+	relay.start(t)
 	ta := newTestApp(t, map[string]string{
 		"KEEP_SENDERS": "1",
-		"SMTP_URL":     relay.url(),
+		"SMTP_URL":     relay.url("smtp", nil),
 		"MAIL_FROM":    "orders@lab.example",
 		"NOTIFY_RULES": "*=email",
 	})
