@@ -22,32 +22,11 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 // authAudience is the audience newTestIssuer mints tokens for; issuers built
 // in this file use it too so that newTestApp's default OIDC_AUDIENCE fits.
 const authAudience = "order-management"
-
-// authSign signs claims with a key the caller chooses, for the tokens a real
-// provider would never mint: foreign keys, borrowed key ids, HMAC secrets.
-// An empty kid leaves the header without one.
-func authSign(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims any) string {
-	t.Helper()
-	sk := jose.SigningKey{Algorithm: alg, Key: key}
-	if kid != "" {
-		sk.Key = jose.JSONWebKey{Key: key, KeyID: kid}
-	}
-	signer, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType("at+jwt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
 
 // authSegment is one base64url segment of a compact JWS.
 func authSegment(t testing.TB, v any) string {
@@ -251,14 +230,14 @@ func TestAuthAttacks(t *testing.T) {
 		{"wrong audience", "audience", "Bearer " + iss.sign(t, valid(func(c map[string]any) { c["aud"] = []string{"another-api"} }), jose.RS256)},
 		{"no audience", "audience", "Bearer " + iss.sign(t, valid(func(c map[string]any) { delete(c, "aud") }), jose.RS256)},
 		{"no exp", "expired", "Bearer " + iss.sign(t, valid(func(c map[string]any) { delete(c, "exp") }), jose.RS256)},
-		{"unknown kid, foreign key", "signature", "Bearer " + authSign(t, jose.RS256, foreignRSA, "rsa-2", valid(nil))},
-		{"foreign RSA key under kid rsa-1", "signature", "Bearer " + authSign(t, jose.RS256, foreignRSA, "rsa-1", valid(nil))},
-		{"foreign EC key under kid ec-1", "signature", "Bearer " + authSign(t, jose.ES256, foreignEC, "ec-1", valid(nil))},
-		{"foreign key, no kid", "signature", "Bearer " + authSign(t, jose.RS256, foreignRSA, "", valid(nil))},
+		{"unknown kid, foreign key", "signature", "Bearer " + signJWT(t, jose.RS256, foreignRSA, "rsa-2", valid(nil))},
+		{"foreign RSA key under kid rsa-1", "signature", "Bearer " + signJWT(t, jose.RS256, foreignRSA, "rsa-1", valid(nil))},
+		{"foreign EC key under kid ec-1", "signature", "Bearer " + signJWT(t, jose.ES256, foreignEC, "ec-1", valid(nil))},
+		{"foreign key, no kid", "signature", "Bearer " + signJWT(t, jose.RS256, foreignRSA, "", valid(nil))},
 		{"alg none", "algorithm", "Bearer " + none},
 		{"alg none with kid rsa-1", "algorithm", "Bearer " + noneWithKid},
-		{"HS256 keyed with the RSA public key's DER", "algorithm", "Bearer " + authSign(t, jose.HS256, der, "rsa-1", valid(nil))},
-		{"HS256 keyed with the RSA public key's PEM", "algorithm", "Bearer " + authSign(t, jose.HS256, pemKey, "rsa-1", valid(nil))},
+		{"HS256 keyed with the RSA public key's DER", "algorithm", "Bearer " + signJWT(t, jose.HS256, der, "rsa-1", valid(nil))},
+		{"HS256 keyed with the RSA public key's PEM", "algorithm", "Bearer " + signJWT(t, jose.HS256, pemKey, "rsa-1", valid(nil))},
 		{"tampered payload", "signature", "Bearer " + tampered},
 		{"signature stripped", "signature", "Bearer " + stripped},
 		{"no sub", "no sub", "Bearer " + iss.sign(t, valid(func(c map[string]any) { delete(c, "sub") }), jose.RS256)},
@@ -578,7 +557,7 @@ func (iss *authIssuer) publish(keys ...jose.JSONWebKey) {
 func (iss *authIssuer) token(t testing.TB, key jose.JSONWebKey, sub string) string {
 	t.Helper()
 	now := time.Now()
-	return authSign(t, jose.SignatureAlgorithm(key.Algorithm), key.Key, key.KeyID, map[string]any{
+	return signJWT(t, jose.SignatureAlgorithm(key.Algorithm), key.Key, key.KeyID, map[string]any{
 		"iss":   iss.url,
 		"sub":   sub,
 		"aud":   []string{authAudience},

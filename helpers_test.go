@@ -153,12 +153,22 @@ func (iss *testIssuer) claims(sub string, scopes ...string) map[string]any {
 
 // sign signs claims with the issuer's RSA key (or EC key when alg is ES256).
 func (iss *testIssuer) sign(t testing.TB, claims map[string]any, alg jose.SignatureAlgorithm) string {
-	t.Helper()
-	key := jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: iss.rsaKey, KeyID: "rsa-1"}}
 	if alg == jose.ES256 {
-		key.Key = jose.JSONWebKey{Key: iss.ecKey, KeyID: "ec-1"}
+		return signJWT(t, alg, iss.ecKey, "ec-1", claims)
 	}
-	signer, err := jose.NewSigner(key, (&jose.SignerOptions{}).WithType("at+jwt"))
+	return signJWT(t, alg, iss.rsaKey, "rsa-1", claims)
+}
+
+// signJWT signs claims as an at+jwt with a key the caller chooses, including
+// the tokens a real provider would never mint: foreign keys, borrowed key
+// ids, HMAC secrets. An empty kid leaves the header without one.
+func signJWT(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims any) string {
+	t.Helper()
+	sk := jose.SigningKey{Algorithm: alg, Key: key}
+	if kid != "" {
+		sk.Key = jose.JSONWebKey{Key: key, KeyID: kid}
+	}
+	signer, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType("at+jwt"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 // ksProvider is a JWKS endpoint whose content and health the test controls.
@@ -63,15 +62,7 @@ func ksKey(t *testing.T) *rsa.PrivateKey {
 }
 
 func ksSign(t *testing.T, key *rsa.PrivateKey, kid string) string {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: key, KeyID: kid}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(map[string]any{"sub": "x"}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return signJWT(t, jose.RS256, key, kid, map[string]any{"sub": "x"})
 }
 
 func pub(key *rsa.PrivateKey, kid string) jose.JSONWebKey {
