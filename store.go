@@ -26,14 +26,16 @@ type store struct {
 	db *sql.DB
 }
 
-// openStore connects to PostgreSQL and waits until it answers.
+// openStore prepares the connection pool; it does not wait for the database
+// (waitForDatabase does).
 func openStore(ctx context.Context, url string) (*store, error) {
 	db, err := sql.Open("pgx", url)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	// Two cores serve the API and the worker; more connections than this only
-	// queue inside PostgreSQL instead of here.
+	// A small pool: past a few connections per database core, more only queue
+	// inside PostgreSQL, and several replicas must fit a managed database's
+	// connection limit.
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
