@@ -367,16 +367,6 @@ func FuzzParseMoney(f *testing.F) {
 	})
 }
 
-// fuzzCustomerFromCSV turns a CSV record into a customer as the customer
-// import does.
-func fuzzCustomerFromCSV(rec map[string]string, _ *checker) customerInput {
-	in := customerInput{Code: rec["code"], Name: rec["name"], Phone: rec["phone"]}
-	if e := rec["email"]; e != "" {
-		in.Email = &e
-	}
-	return in
-}
-
 // An import's CSV, whatever its bytes, is read and checked without a panic,
 // and every refusal is one the client can be told about (400, 413 or 422).
 func FuzzCSVImport(f *testing.F) {
@@ -427,12 +417,9 @@ func FuzzCSVImport(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		customers, err := readCSV(bytes.NewReader(data), customerColumns, fuzzCustomerFromCSV)
+		customers, err := readCSV(bytes.NewReader(data), customerColumns, customerFromCSV)
 		check(t, data, err)
 		if err == nil {
-			if len(customers.items) != len(customers.converted) {
-				t.Fatalf("CSV %q: %d rows but %d conversion reports", data, len(customers.items), len(customers.converted))
-			}
 			check(t, data, customers.validate(func(i int, in *customerInput, c *checker) { in.check(c) }))
 		}
 		orders, err := readCSV(bytes.NewReader(data), orderColumns, orderFromCSV)

@@ -217,8 +217,8 @@ func (b *syncBuffer) String() string {
 }
 
 // newTestApp starts the service with env overriding the test defaults.
-// Channels are replaced by recording senders unless keepSenders is set in env
-// ("KEEP_SENDERS").
+// Channels are replaced by recording senders unless env sets KEEP_SENDERS,
+// which keeps the senders the configuration builds.
 func newTestApp(t testing.TB, env map[string]string) *testApp {
 	t.Helper()
 	iss := newTestIssuer(t)

@@ -15,9 +15,6 @@ import (
 type importBatch[T any] struct {
 	items []T
 	csv   bool
-	// converted holds, per CSV row, what was wrong with turning its text into
-	// typed fields, so that validation reports it with the rest.
-	converted [][]fieldError
 }
 
 // checker returns the checker for row i, so that errors name "#/3/phone" in
@@ -46,9 +43,6 @@ func (b importBatch[T]) validate(check func(i int, item *T, c *checker)) error {
 	var all []fieldError
 	for i := range b.items {
 		c := b.checker(i)
-		if b.csv {
-			c.fields = append(c.fields, b.converted[i]...)
-		}
 		check(i, &b.items[i], c)
 		all = append(all, c.fields...)
 	}
@@ -61,7 +55,7 @@ func (b importBatch[T]) validate(check func(i int, item *T, c *checker)) error {
 // readImport reads an import body: a JSON array of objects decoded like a
 // single create, or CSV whose header row names the same fields. columns lists
 // the CSV columns allowed, fromCSV builds a row from a record keyed by column.
-func readImport[T any](w http.ResponseWriter, r *http.Request, columns []string, fromCSV func(rec map[string]string, c *checker) T) (importBatch[T], error) {
+func readImport[T any](w http.ResponseWriter, r *http.Request, columns []string, fromCSV func(rec map[string]string) T) (importBatch[T], error) {
 	body := http.MaxBytesReader(w, r.Body, maxImportBody)
 	switch mediaType(r) {
 	case "application/json":
@@ -96,7 +90,7 @@ func inElement(err error, i int) error {
 	return prefixed
 }
 
-func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[string]string, c *checker) T) (importBatch[T], error) {
+func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[string]string) T) (importBatch[T], error) {
 	b := importBatch[T]{csv: true}
 	cr := csv.NewReader(body)
 	cr.FieldsPerRecord = 0 // every row as wide as the header
@@ -129,9 +123,7 @@ func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[strin
 		for i, name := range header {
 			fields[name] = strings.TrimSpace(rec[i])
 		}
-		c := &checker{row: row}
-		b.items = append(b.items, fromCSV(fields, c))
-		b.converted = append(b.converted, c.fields)
+		b.items = append(b.items, fromCSV(fields))
 	}
 }
 
