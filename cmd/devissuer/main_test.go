@@ -1,484 +1,214 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"flag"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
+	"reflect"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/go-jose/go-jose/v4"
 )
 
-var client = &http.Client{Timeout: 10 * time.Second}
+// firstLine passes on the first line run writes to stderr, which names the
+// address it listens on and the issuer.
+type firstLine chan string
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+func (c firstLine) Write(p []byte) (int, error) {
+	select {
+	case c <- string(p):
+	default:
+	}
+	return len(p), nil
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func envFrom(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
-
-// startIssuer serves the issuer on a free port and returns its base URL, its
-// log output and a stop function that waits for a clean shutdown; stop also
-// runs at the end of the test.
-func startIssuer(t *testing.T, env map[string]string, args ...string) (base string, logs *syncBuffer, stop func()) {
+// startIssuer serves on a free port until the test ends. It returns the issuer
+// URL, a client that sends every request there whatever the URL's host is, and
+// a context that makes go-oidc use that client.
+func startIssuer(t *testing.T, args ...string) (issuer string, client *http.Client, ctx context.Context) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan string, 1), make(chan error, 1)
-	logs = &syncBuffer{}
-	go func() {
-		args := append([]string{"-addr", "127.0.0.1:0"}, args...)
-		done <- runNotify(ctx, args, envFrom(env), io.Discard, logs, func(addr string) { ready <- addr })
-	}()
+	line, done := make(firstLine, 1), make(chan error, 1)
+	go func() { done <- run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), io.Discard, line) }()
+	var addr string
 	select {
-	case addr := <-ready:
-		stop = sync.OnceFunc(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("run after shutdown: got error %v, want nil", err)
-			}
-		})
-		t.Cleanup(stop)
-		return "http://" + addr, logs, stop
+	case l := <-line:
+		if _, err := fmt.Sscanf(l, "devissuer: listening on %s as issuer %s", &addr, &issuer); err != nil {
+			t.Fatalf("first stderr line: got %q, want the address and issuer (%v)", l, err)
+		}
 	case err := <-done:
-		cancel()
 		t.Fatalf("run: got error %v before listening, want a running server", err)
-	case <-time.After(30 * time.Second):
+	}
+	t.Cleanup(func() {
 		cancel()
-		t.Fatal("issuer did not start within 30s")
-	}
-	return "", nil, nil
+		if err := <-done; err != nil {
+			t.Errorf("run after shutdown: got error %v, want nil", err)
+		}
+	})
+	client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}}
+	return issuer, client, oidc.ClientContext(t.Context(), client)
 }
 
-func postToken(t *testing.T, base string, form url.Values) (status int, header http.Header, body map[string]any) {
+// call sends a form-encoded body to u and decodes the JSON answer into v.
+func call(t *testing.T, client *http.Client, method, u, form string, v any) (resp *http.Response) {
 	t.Helper()
-	resp, err := client.PostForm(base+"/token", form)
+	req, err := http.NewRequest(method, u, strings.NewReader(form))
+	if err == nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err = client.Do(req)
+	}
 	if err != nil {
-		t.Fatalf("POST /token: %v", err)
+		t.Fatalf("%s: %v", u, err)
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("POST /token: decoding body: %v", err)
-	}
-	return resp.StatusCode, resp.Header, body
-}
-
-func mustToken(t *testing.T, base string, form url.Values) string {
-	t.Helper()
-	status, _, body := postToken(t, base, form)
-	token, _ := body["access_token"].(string)
-	if status != http.StatusOK || token == "" {
-		t.Fatalf("POST /token: got status %d body %v, want 200 with an access_token", status, body)
-	}
-	return token
-}
-
-func getJSON(t *testing.T, u string, v any) {
-	t.Helper()
-	resp, err := client.Get(u)
-	if err != nil {
-		t.Fatalf("GET %s: %v", u, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: got status %d, want 200", u, resp.StatusCode)
-	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		t.Fatalf("GET %s: decoding body: %v", u, err)
+		t.Fatalf("%s: decoding body: %v", u, err)
 	}
+	return resp
 }
 
 type claims struct {
-	Iss      string   `json:"iss"`
-	Sub      string   `json:"sub"`
-	Aud      []string `json:"aud"` // a slice so that a bare string audience fails to decode
-	Scope    string   `json:"scope"`
-	ClientID string   `json:"client_id"`
-	Jti      string   `json:"jti"`
-	Iat      int64    `json:"iat"`
-	Nbf      int64    `json:"nbf"`
-	Exp      int64    `json:"exp"`
-}
-
-// verify checks token the way the order-management service does: discovery
-// from the issuer, then go-oidc's verifier with the audience as client ID.
-func verify(t *testing.T, issuer, audience, token string) claims {
-	t.Helper()
-	ctx := t.Context()
-	provider, err := oidc.NewProvider(ctx, issuer)
-	if err != nil {
-		t.Fatalf("oidc.NewProvider(%q): %v", issuer, err)
-	}
-	v := provider.Verifier(&oidc.Config{ClientID: audience, SupportedSigningAlgs: []string{"RS256", "ES256"}})
-	return verifyWith(t, v, token)
-}
-
-func verifyWith(t *testing.T, v *oidc.IDTokenVerifier, token string) claims {
-	t.Helper()
-	idToken, err := v.Verify(t.Context(), token)
-	if err != nil {
-		t.Fatalf("Verify: got error %v, want nil", err)
-	}
-	var c claims
-	if err := idToken.Claims(&c); err != nil {
-		t.Fatalf("Claims: %v", err)
-	}
-	return c
-}
-
-func tokenHeader(t *testing.T, token string) map[string]any {
-	t.Helper()
-	raw, err := base64.RawURLEncoding.DecodeString(strings.Split(token, ".")[0])
-	if err != nil {
-		t.Fatalf("decoding JOSE header: %v", err)
-	}
-	var h map[string]any
-	if err := json.Unmarshal(raw, &h); err != nil {
-		t.Fatalf("decoding JOSE header: %v", err)
-	}
-	return h
+	Iss, Sub, Scope, Jti string
+	Aud                  []string // a slice, so that a bare string audience fails to decode
+	ClientID             string   `json:"client_id"`
+	Iat, Nbf, Exp        int64
 }
 
 func TestIssueAndVerify(t *testing.T) {
 	tests := []struct {
-		name      string
-		env       map[string]string
-		args      []string
-		form      url.Values
-		wantAlg   string
-		wantAud   string
-		wantSub   string
-		wantScope string
-		wantTTL   int64
+		name, scope, wantAud, wantSub, wantScope string
+		args                                     []string
+		wantTTL                                  int64
 	}{
-		{
-			name:    "RS256 defaults",
-			form:    url.Values{"grant_type": {"client_credentials"}},
-			wantAlg: "RS256", wantAud: "order-management", wantSub: "dev-user", wantScope: allScopes, wantTTL: 3600,
-		},
-		{
-			name: "ES256 with scope, sub and expires_in",
-			args: []string{"-alg", "ES256"},
-			form: url.Values{"grant_type": {"client_credentials"}, "scope": {"orders:read orders:write orders:read"},
-				"sub": {"alice"}, "expires_in": {"60"}},
-			wantAlg: "ES256", wantAud: "order-management", wantSub: "alice", wantScope: "orders:read orders:write", wantTTL: 60,
-		},
-		{
-			name:    "environment fallbacks",
-			env:     map[string]string{"DEVISSUER_ALG": "ES256", "DEVISSUER_AUDIENCE": "orders-api"},
-			form:    url.Values{"grant_type": {"client_credentials"}, "scope": {"numbers:read"}, "expires_in": {"86400"}},
-			wantAlg: "ES256", wantAud: "orders-api", wantSub: "dev-user", wantScope: "numbers:read", wantTTL: 86400,
-		},
+		{name: "defaults", wantAud: "order-management", wantSub: "dev-user", wantScope: allScopes, wantTTL: 3600},
+		{name: "flags and a scope", args: []string{"-audience", "orders-api", "-sub", "alice", "-expires-in", "60"},
+			scope: " orders:read  orders:write", wantAud: "orders-api", wantSub: "alice", wantScope: "orders:read orders:write", wantTTL: 60},
+		{name: "issuer with a path", args: []string{"-issuer", "http://issuer.test/realms/dev", "-expires-in", "86400"},
+			scope: "numbers:read", wantAud: "order-management", wantSub: "dev-user", wantScope: "numbers:read", wantTTL: 86400},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			base, logs, _ := startIssuer(t, tc.env, tc.args...)
-			if got, want := logs.String(), "issuer="+base; !strings.Contains(got, want) {
-				t.Errorf("start log: got %q, want it to contain %q", got, want)
+			keyFile := filepath.Join(t.TempDir(), "issuer.pem")
+			issuer, client, ctx := startIssuer(t, slices.Concat(tc.args, []string{"-key-file", keyFile})...)
+			if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("key file: got %v (%v), want one with mode 0600", fi, err)
 			}
-			status, header, body := postToken(t, base, tc.form)
-			if status != http.StatusOK {
-				t.Fatalf("POST /token: got status %d body %v, want 200", status, body)
+			var body map[string]any
+			resp := call(t, client, "POST", issuer+"/token", url.Values{"grant_type": {"client_credentials"}, "scope": {tc.scope}}.Encode(), &body)
+			if got := resp.Header.Get("Cache-Control"); resp.StatusCode != http.StatusOK || got != "no-store" {
+				t.Fatalf("POST /token: got status %d, Cache-Control %q, body %v; want 200, no-store", resp.StatusCode, got, body)
 			}
-			if got := header.Get("Cache-Control"); got != "no-store" {
-				t.Errorf("Cache-Control: got %q, want no-store", got)
+			if body["token_type"] != "Bearer" || body["expires_in"] != float64(tc.wantTTL) || body["scope"] != tc.wantScope {
+				t.Errorf("POST /token: got %v, want token_type Bearer, expires_in %d, scope %q", body, tc.wantTTL, tc.wantScope)
 			}
-			if got := body["token_type"]; got != "Bearer" {
-				t.Errorf("token_type: got %v, want Bearer", got)
+			// -print-token, a process of its own on the same key file and flags,
+			// must mint the same kind of token.
+			var stdout strings.Builder
+			printArgs := slices.Concat(tc.args, []string{"-print-token", "-key-file", keyFile, "-issuer", issuer, "-scope", tc.scope})
+			if err := run(t.Context(), printArgs, &stdout, io.Discard); err != nil || !strings.HasSuffix(stdout.String(), "\n") {
+				t.Fatalf("run %q: got error %v and stdout %q, want a token and a newline", printArgs, err, stdout.String())
 			}
-			if got := body["expires_in"]; got != float64(tc.wantTTL) {
-				t.Errorf("expires_in: got %v, want %d", got, tc.wantTTL)
+			var set jose.JSONWebKeySet
+			call(t, client, "GET", issuer+"/jwks", "", &set)
+			if k := set.Keys; len(k) != 1 || !k[0].IsPublic() || k[0].Use != "sig" || k[0].Algorithm != "RS256" || k[0].KeyID == "" {
+				t.Fatalf("JWKS: got %+v, want one public RS256 signing key with a kid", k)
 			}
-			if got := body["scope"]; got != tc.wantScope {
-				t.Errorf("response scope: got %v, want %q", got, tc.wantScope)
+			// Verify as the order-management service does: discovery at the
+			// issuer, then go-oidc's verifier with the audience as client ID.
+			provider, err := oidc.NewProvider(ctx, issuer)
+			if err != nil {
+				t.Fatalf("oidc.NewProvider(%q): %v", issuer, err)
 			}
-			token := body["access_token"].(string)
-
-			h := tokenHeader(t, token)
-			if h["typ"] != "at+jwt" || h["alg"] != tc.wantAlg || h["kid"] == "" || h["kid"] == nil {
-				t.Errorf("JOSE header: got %v, want typ at+jwt, alg %s and a kid", h, tc.wantAlg)
+			for _, token := range []string{fmt.Sprint(body["access_token"]), strings.TrimSuffix(stdout.String(), "\n")} {
+				jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256})
+				if err != nil {
+					t.Fatalf("parsing %q: %v", token, err)
+				}
+				if h := jws.Signatures[0].Header; h.ExtraHeaders["typ"] != "at+jwt" || h.KeyID != set.Keys[0].KeyID {
+					t.Errorf("JOSE header: got typ %v kid %q, want typ at+jwt and kid %q", h.ExtraHeaders["typ"], h.KeyID, set.Keys[0].KeyID)
+				}
+				var c claims
+				idToken, err := provider.Verifier(&oidc.Config{ClientID: tc.wantAud}).Verify(ctx, token)
+				if err == nil {
+					err = idToken.Claims(&c)
+				}
+				if err != nil {
+					t.Fatalf("Verify: got error %v, want nil", err)
+				}
+				want := claims{Iss: issuer, Sub: tc.wantSub, Scope: tc.wantScope, Aud: []string{tc.wantAud}, ClientID: "devissuer",
+					Jti: c.Jti, Iat: c.Iat, Nbf: c.Iat, Exp: c.Iat + tc.wantTTL}
+				if !reflect.DeepEqual(c, want) || c.Jti == "" {
+					t.Errorf("claims: got %+v, want %+v with a jti", c, want)
+				}
 			}
-			c := verify(t, base, tc.wantAud, token)
-			if c.Iss != base {
-				t.Errorf("iss: got %q, want %q", c.Iss, base)
-			}
-			if c.Sub != tc.wantSub {
-				t.Errorf("sub: got %q, want %q", c.Sub, tc.wantSub)
-			}
-			if len(c.Aud) != 1 || c.Aud[0] != tc.wantAud {
-				t.Errorf("aud: got %q, want [%q]", c.Aud, tc.wantAud)
-			}
-			if c.Scope != tc.wantScope {
-				t.Errorf("scope claim: got %q, want %q", c.Scope, tc.wantScope)
-			}
-			if c.ClientID != "devissuer" {
-				t.Errorf("client_id: got %q, want devissuer", c.ClientID)
-			}
-			if c.Jti == "" || c.Nbf != c.Iat || c.Exp-c.Iat != tc.wantTTL {
-				t.Errorf("jti/iat/nbf/exp: got %q/%d/%d/%d, want a jti, nbf == iat and exp-iat == %d",
-					c.Jti, c.Iat, c.Nbf, c.Exp, tc.wantTTL)
+			var doc map[string]any
+			call(t, client, "GET", issuer+"/.well-known/openid-configuration", "", &doc)
+			wantDoc := map[string]any{"issuer": issuer, "jwks_uri": issuer + "/jwks", "token_endpoint": issuer + "/token",
+				"id_token_signing_alg_values_supported": []any{"RS256"}}
+			if !reflect.DeepEqual(doc, wantDoc) {
+				t.Errorf("discovery: got %v, want %v", doc, wantDoc)
 			}
 		})
 	}
 }
 
 func TestTokenErrors(t *testing.T) {
-	base, _, _ := startIssuer(t, nil)
-	tests := []struct {
-		name string
-		form url.Values
-	}{
-		{"bad grant_type", url.Values{"grant_type": {"password"}}},
-		{"missing grant_type", url.Values{"scope": {"orders:read"}}},
-		{"expires_in over max", url.Values{"grant_type": {"client_credentials"}, "expires_in": {"86401"}}},
-		{"expires_in zero", url.Values{"grant_type": {"client_credentials"}, "expires_in": {"0"}}},
-		{"expires_in not a number", url.Values{"grant_type": {"client_credentials"}, "expires_in": {"1h"}}},
-		{"scope with a quote", url.Values{"grant_type": {"client_credentials"}, "scope": {`orders:read "x`}}},
+	issuer, client, _ := startIssuer(t)
+	tests := []struct{ name, form, want string }{
+		{"password grant", "grant_type=password", "unsupported_grant_type"},
+		{"no grant_type", "scope=orders:read", "unsupported_grant_type"},
+		{"unknown scope", "grant_type=client_credentials&scope=orders:read+orders:delete", "invalid_scope"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			status, header, body := postToken(t, base, tc.form)
-			if status != http.StatusBadRequest {
-				t.Errorf("status: got %d, want 400", status)
-			}
-			if got := header.Get("Content-Type"); got != "application/json" {
-				t.Errorf("Content-Type: got %q, want application/json", got)
-			}
-			if got := body["error"]; got != "invalid_request" {
-				t.Errorf("error: got %v, want invalid_request", got)
-			}
-			if desc, _ := body["error_description"].(string); desc == "" {
-				t.Errorf("error_description: got %v, want a message", body["error_description"])
+			var body map[string]any
+			resp := call(t, client, "POST", issuer+"/token", tc.form, &body)
+			if got := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusBadRequest || got != "application/json" || body["error"] != tc.want {
+				t.Errorf("got status %d, Content-Type %q, error %v; want 400, application/json, %s", resp.StatusCode, got, body["error"], tc.want)
 			}
 		})
-	}
-}
-
-func TestDiscoveryAndJWKS(t *testing.T) {
-	for _, alg := range []string{"RS256", "ES256"} {
-		t.Run(alg, func(t *testing.T) {
-			base, _, _ := startIssuer(t, nil, "-alg", alg)
-			var doc map[string]any
-			getJSON(t, base+"/.well-known/openid-configuration", &doc)
-			want := map[string]any{
-				"issuer":                                base,
-				"jwks_uri":                              base + "/jwks",
-				"token_endpoint":                        base + "/token",
-				"response_types_supported":              []any{"token"},
-				"subject_types_supported":               []any{"public"},
-				"id_token_signing_alg_values_supported": []any{alg},
-				"grant_types_supported":                 []any{"client_credentials"},
-			}
-			for k, w := range want {
-				if got, _ := json.Marshal(doc[k]); string(got) != string(must(json.Marshal(w))) {
-					t.Errorf("discovery %s: got %s, want %s", k, got, must(json.Marshal(w)))
-				}
-			}
-
-			var set struct{ Keys []map[string]any }
-			getJSON(t, base+"/jwks", &set)
-			if len(set.Keys) != 1 {
-				t.Fatalf("JWKS: got %d keys, want 1", len(set.Keys))
-			}
-			k := set.Keys[0]
-			kid := tokenHeader(t, mustToken(t, base, url.Values{"grant_type": {"client_credentials"}}))["kid"]
-			if k["kid"] != kid || k["use"] != "sig" || k["alg"] != alg {
-				t.Errorf("JWK: got kid %v use %v alg %v, want kid %v use sig alg %s", k["kid"], k["use"], k["alg"], kid, alg)
-			}
-			for _, private := range []string{"d", "p", "q", "dp", "dq", "qi"} {
-				if _, ok := k[private]; ok {
-					t.Errorf("JWK: got private member %q, want public key only", private)
-				}
-			}
-		})
-	}
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-func TestKeyFilePersistence(t *testing.T) {
-	for _, alg := range []string{"RS256", "ES256"} {
-		t.Run(alg, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "dev")
-			keyFile := filepath.Join(dir, "issuer.pem")
-			base1, _, stop1 := startIssuer(t, nil, "-alg", alg, "-key-file", keyFile)
-			token := mustToken(t, base1, url.Values{"grant_type": {"client_credentials"}, "sub": {"carol"}})
-			stop1()
-
-			fi, err := os.Stat(keyFile)
-			if err != nil {
-				t.Fatalf("stat key file: %v", err)
-			}
-			if runtime.GOOS != "windows" && fi.Mode().Perm() != 0o600 {
-				t.Errorf("key file mode: got %v, want 0600", fi.Mode().Perm())
-			}
-			if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-				t.Errorf("key directory: got %d entries, want only the key file", len(entries))
-			}
-
-			// The restarted issuer listens elsewhere, so the first issuer's
-			// name is kept and only its keys are fetched from the new address.
-			base2, _, _ := startIssuer(t, nil, "-alg", alg, "-key-file", keyFile, "-issuer", base1)
-			keys := oidc.NewRemoteKeySet(t.Context(), base2+"/jwks")
-			v := oidc.NewVerifier(base1, keys, &oidc.Config{ClientID: "order-management", SupportedSigningAlgs: []string{alg}})
-			if c := verifyWith(t, v, token); c.Sub != "carol" {
-				t.Errorf("sub: got %q, want carol", c.Sub)
-			}
-		})
-	}
-}
-
-func TestPrintToken(t *testing.T) {
-	keyFile := filepath.Join(t.TempDir(), "issuer.pem")
-	base, _, _ := startIssuer(t, nil, "-key-file", keyFile)
-	tests := []struct {
-		name      string
-		env       map[string]string
-		args      []string
-		wantSub   string
-		wantScope string
-	}{
-		{"flags", nil, []string{"-key-file", keyFile, "-issuer", base, "-print-token", "-scope", "orders:read", "-sub", "bob"},
-			"bob", "orders:read"},
-		{"environment and defaults", map[string]string{"DEVISSUER_KEY_FILE": keyFile, "DEVISSUER_ISSUER": base},
-			[]string{"-print-token"}, "dev-user", allScopes},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var stdout bytes.Buffer
-			if err := run(t.Context(), tc.args, envFrom(tc.env), &stdout, io.Discard); err != nil {
-				t.Fatalf("run: got error %v, want nil", err)
-			}
-			out := stdout.String()
-			token := strings.TrimSuffix(out, "\n")
-			if strings.ContainsAny(token, " \n") || strings.Count(token, ".") != 2 {
-				t.Fatalf("stdout: got %q, want one compact JWT and a newline", out)
-			}
-			c := verify(t, base, "order-management", token)
-			if c.Sub != tc.wantSub || c.Scope != tc.wantScope {
-				t.Errorf("claims: got sub %q scope %q, want sub %q scope %q", c.Sub, c.Scope, tc.wantSub, tc.wantScope)
-			}
-		})
-	}
-}
-
-func TestIssuerWithPath(t *testing.T) {
-	srv := httptest.NewUnstartedServer(nil)
-	issuerURL := "http://" + srv.Listener.Addr().String() + "/realms/dev"
-	key, err := loadOrCreateKey("", "ES256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := newIssuer(issuerURL, "order-management", "ES256", key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Config.Handler = iss.routes()
-	srv.Start()
-	defer srv.Close()
-	token := mustToken(t, issuerURL, url.Values{"grant_type": {"client_credentials"}})
-	if c := verify(t, issuerURL, "order-management", token); c.Iss != issuerURL {
-		t.Errorf("iss: got %q, want %q", c.Iss, issuerURL)
 	}
 }
 
 func TestRunErrors(t *testing.T) {
 	dir := t.TempDir()
-	garbage := filepath.Join(dir, "garbage.pem")
-	if err := os.WriteFile(garbage, []byte("not a key"), 0o600); err != nil {
+	// The Ed25519 key of RFC 8410 section 10.3: PKCS#8, but not RSA.
+	ed25519 := "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n"
+	if err := os.WriteFile(filepath.Join(dir, "ed25519.pem"), []byte(ed25519), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ecKey := filepath.Join(dir, "ec.pem")
-	if _, err := loadOrCreateKey(ecKey, "ES256"); err != nil {
-		t.Fatal(err)
+	tests := []struct{ name, args, want string }{
+		{"expires-in zero", "-expires-in 0", "want 1 to 86400 seconds"},
+		{"expires-in too long", "-print-token -expires-in 86401", "want 1 to 86400 seconds"},
+		{"unknown scope", "-print-token -scope orders:delete", "unknown scope"},
+		{"unknown flag", "-nope", "-nope"},
+		{"help", "-h", "help requested"},
+		{"key file not PEM", "-key-file main.go", "want a PKCS#8 RSA private key"},
+		{"key file with an Ed25519 key", "-key-file " + filepath.Join(dir, "ed25519.pem"), "want a PKCS#8 RSA private key"},
+		{"key file is a directory", "-key-file " + dir, "is a directory"},
+		{"key file in a missing directory", "-key-file " + filepath.Join(dir, "none", "k.pem"), "no such file"},
+		{"invalid listen address", "-addr 127.0.0.1:-1", "invalid port"},
 	}
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
-		{"unsupported alg", []string{"-alg", "HS256"}, "want RS256 or ES256"},
-		{"issuer not http", []string{"-issuer", "ftp://example.com"}, "absolute http(s) URL"},
-		{"issuer with query", []string{"-issuer", "http://example.com/?a=b"}, "absolute http(s) URL"},
-		{"empty audience", []string{"-audience", ""}, "-audience"},
-		{"positional argument", []string{"serve"}, "unexpected arguments"},
-		{"unknown flag", []string{"-nope"}, "-nope"},
-		{"print-token without key file", []string{"-print-token"}, "needs -key-file"},
-		{"print-token expires-in too long", []string{"-print-token", "-key-file", ecKey, "-alg", "ES256", "-expires-in", "86401"}, "expires_in"},
-		{"print-token bad scope", []string{"-print-token", "-key-file", ecKey, "-alg", "ES256", "-scope", `a\b`}, "not allowed"},
-		{"key file not PEM", []string{"-key-file", garbage}, "PRIVATE KEY"},
-		{"key file for another alg", []string{"-key-file", ecKey, "-alg", "RS256"}, "cannot sign RS256"},
-		{"key file is a directory", []string{"-key-file", dir}, dir},
-		{"invalid listen address", []string{"-addr", "127.0.0.1:-1"}, "invalid port"},
-	}
-	// An already cancelled context makes a wrongly accepted configuration
-	// return nil promptly instead of serving forever.
+	// A cancelled context makes a wrongly accepted configuration return nil
+	// at once instead of serving.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			args := append([]string{"-addr", "127.0.0.1:0"}, tc.args...)
-			err := run(ctx, args, envFrom(nil), io.Discard, io.Discard)
+			err := run(ctx, append([]string{"-addr", "127.0.0.1:0"}, strings.Fields(tc.args)...), io.Discard, io.Discard)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("run(%q): got error %v, want one containing %q", tc.args, err, tc.want)
-			}
-		})
-	}
-	t.Run("help", func(t *testing.T) {
-		var stderr bytes.Buffer
-		err := run(ctx, []string{"-h"}, envFrom(nil), io.Discard, &stderr)
-		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(stderr.String(), "-print-token") {
-			t.Errorf("run(-h): got error %v and usage %q, want flag.ErrHelp and a usage listing -print-token", err, stderr.String())
-		}
-	})
-}
-
-func TestIssuerFor(t *testing.T) {
-	tests := []struct{ issuer, addr, want string }{
-		{"", "127.0.0.1:9000", "http://127.0.0.1:9000"},
-		{"", "localhost:9100", "http://localhost:9100"},
-		{"", ":9000", "http://127.0.0.1:9000"},
-		{"", "0.0.0.0:9000", "http://127.0.0.1:9000"},
-		{"", "[::]:9000", "http://127.0.0.1:9000"},
-		{"", "[::1]:9000", "http://[::1]:9000"},
-		{"https://auth.example.com", "127.0.0.1:9000", "https://auth.example.com"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.addr+" "+tc.issuer, func(t *testing.T) {
-			if got := issuerFor(tc.issuer, tc.addr); got != tc.want {
-				t.Errorf("issuerFor(%q, %q): got %q, want %q", tc.issuer, tc.addr, got, tc.want)
+				t.Errorf("run(%s): got error %v, want one containing %q", tc.args, err, tc.want)
 			}
 		})
 	}

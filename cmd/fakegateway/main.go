@@ -24,8 +24,7 @@ func main() {
 	flag.Parse()
 
 	var accepted atomic.Int64
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /version1/messaging", func(w http.ResponseWriter, r *http.Request) {
+	http.HandleFunc("POST /version1/messaging", func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("apiKey") == "" || r.FormValue("username") == "" || r.FormValue("to") == "" {
 			http.Error(w, "The supplied authentication is invalid", http.StatusUnauthorized)
 			return
@@ -35,27 +34,23 @@ func main() {
 		case <-r.Context().Done():
 			return
 		}
-		n := accepted.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(map[string]any{"SMSMessageData": map[string]any{
 			"Message": "Sent to 1/1 Total Cost: KES 0.8000",
 			"Recipients": []map[string]any{{
 				"statusCode": 101, "number": r.FormValue("to"), "status": "Success",
-				"cost": "KES 0.8000", "messageId": fmt.Sprintf("ATXid_fake_%d", n),
+				"cost": "KES 0.8000", "messageId": fmt.Sprintf("ATXid_fake_%d", accepted.Add(1)),
 			}},
 		}})
 	})
-	mux.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
+	http.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, accepted.Load())
 	})
-	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: *addr, ReadHeaderTimeout: 5 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		srv.Shutdown(context.Background())
-	}()
+	context.AfterFunc(ctx, func() { srv.Shutdown(context.Background()) })
 	log.Printf("fake Africa's Talking on %s, %v per send", *addr, *delay)
 	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
 		log.Fatal(err)
