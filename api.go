@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,25 +12,30 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
-// Request body limits from the contract.
+// Request limits from the contract.
 const (
-	maxBody       = 1 << 20
-	maxImportBody = 32 << 20
+	maxBody        = 1 << 20
+	maxImportBody  = 32 << 20
+	maxHeaderBytes = 64 << 10
 )
 
 // server holds the handlers' dependencies; it has no other state.
 type server struct {
-	store    *store
-	auth     *authenticator
-	channels *channels
-	wake     func() // tells the notification worker that an outbox row was committed
-	log      *slog.Logger
-	openapi  []byte
+	store          *store
+	auth           *authenticator
+	channels       *channels
+	outbox         *worker // told of committed outbox rows and of delivery reports
+	log            *slog.Logger
+	openapi        []byte
+	callbackSecret string        // AT_CALLBACK_SECRET; "" disables delivery reports
+	imports        chan struct{} // a slot per import that may run at once
 }
 
 // route is one entry of the API: a ServeMux pattern, the scope a token must
@@ -46,6 +52,7 @@ func (s *server) routeTable() []route {
 		{"GET /healthz", "", s.handleHealth},
 		{"GET /readyz", "", s.handleReady},
 		{"GET /openapi.yaml", "", s.handleOpenAPI},
+		{"POST /hooks/africastalking/{secret}", "", s.handleDeliveryReport},
 
 		{"POST /v1/customers", "customers:write", s.handleCreateCustomer},
 		{"GET /v1/customers", "customers:read", s.handleListCustomers},
@@ -86,7 +93,7 @@ func (s *server) routes() http.Handler {
 }
 
 func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
@@ -97,12 +104,12 @@ func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusServiceUnavailable, "the database does not answer", nil)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
-	_, _ = w.Write(s.openapi)
+	w.Write(s.openapi)
 }
 
 // requestInfo travels in the request's context so that the single log line
@@ -110,7 +117,8 @@ func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
 type requestInfo struct {
 	id      string
 	subject string
-	cause   error
+	cause   error  // an internal error, logged at level ERROR
+	note    string // why a request was refused, when the status alone does not say
 }
 
 type requestInfoKey struct{}
@@ -152,7 +160,7 @@ func (s *server) observe(mux *http.ServeMux) http.Handler {
 			s.logRequest(r, pattern, rec.status, time.Since(start), info)
 		}()
 		if pattern == "" {
-			s.unrouted(rec, r, handler)
+			unrouted(rec, r, handler)
 			return
 		}
 		mux.ServeHTTP(rec, r)
@@ -162,7 +170,7 @@ func (s *server) observe(mux *http.ServeMux) http.Handler {
 // unrouted answers a request no pattern matched. The mux's own handler knows
 // whether the path exists under another method (405, with Allow), but writes
 // plain text, so it runs against a sink and only its verdict is kept.
-func (s *server) unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
+func unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
 	sink := &headerSink{header: http.Header{}}
 	muxAnswer.ServeHTTP(sink, r)
 	if sink.status == http.StatusMethodNotAllowed {
@@ -175,19 +183,19 @@ func (s *server) unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http
 }
 
 func (s *server) logRequest(r *http.Request, pattern string, status int, d time.Duration, info *requestInfo) {
-	if status == 0 {
-		status = http.StatusOK
-	}
 	level := slog.LevelInfo
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("route", pattern),
-		slog.Int("status", status),
+		slog.Int("status", max(status, http.StatusOK)),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("request_id", info.id),
 	}
 	if info.subject != "" {
 		attrs = append(attrs, slog.String("sub", info.subject))
+	}
+	if info.note != "" {
+		attrs = append(attrs, slog.String("reason", info.note))
 	}
 	if info.cause != nil {
 		level = slog.LevelError
@@ -199,18 +207,16 @@ func (s *server) logRequest(r *http.Request, pattern string, status int, d time.
 // requestID keeps a client's id when it is short and plainly printable, so it
 // cannot forge log lines; otherwise it makes a new one.
 func requestID(given string) string {
-	if len(given) > 0 && len(given) <= 128 {
-		ok := true
-		for i := 0; i < len(given) && ok; i++ {
-			c := given[i]
-			ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':'
-		}
-		if ok {
-			return given
-		}
+	ok := len(given) > 0 && len(given) <= 128
+	for i := 0; i < len(given) && ok; i++ {
+		c := given[i]
+		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_.:", c) >= 0
+	}
+	if ok {
+		return given
 	}
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
 
@@ -246,48 +252,108 @@ func (s *headerSink) Header() http.Header         { return s.header }
 func (s *headerSink) Write(b []byte) (int, error) { return len(b), nil }
 func (s *headerSink) WriteHeader(code int)        { s.status = code }
 
-// writeJSON writes v with the given status.
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers with v. The body is encoded before anything is written,
+// so that a value that cannot be encoded is a logged 500, never a 200 with an
+// empty body.
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fail(w, r, fmt.Errorf("encoding the response: %w", err))
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	w.Write(append(b, '\n'))
 }
 
 // mediaType returns the request's media type, lower-cased, without parameters.
 func mediaType(r *http.Request) string {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil {
-		return ""
-	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	return mt
 }
 
-// decodeJSON reads exactly one JSON value from the body into v: the body
-// must be application/json, at most limit bytes, with no unknown fields and
-// nothing after the value. Every failure is a requestError saying where.
-func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	if mt := mediaType(r); mt != "application/json" {
+// decodeJSON reads r's body, which must be application/json of at most
+// maxBody bytes, into v with decodeStrict.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if mediaType(r) != "application/json" {
 		return &requestError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
 	}
-	return decodeJSONBody(http.MaxBytesReader(w, r.Body, limit), v)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		return jsonError(err)
+	}
+	return decodeStrict(body, v)
 }
 
-// decodeJSONBody is decodeJSON without the media type check, for bodies that
-// were already read or checked.
-func decodeJSONBody(body io.Reader, v any) error {
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
+// decodeStrict decodes data, which must hold exactly one JSON value in valid
+// UTF-8, into the struct v points to. An object member must be named exactly
+// as one of v's fields, once: encoding/json would match names ignoring case
+// and let the last of two equal names win, so what a proxy or a log shows of
+// a request could differ from what is stored.
+func decodeStrict(data []byte, v any) error {
+	if !utf8.Valid(data) {
+		return &requestError{status: http.StatusBadRequest, detail: "the body is not valid UTF-8"}
+	}
+	if err := checkMembers(data, reflect.TypeOf(v).Elem()); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return jsonError(err)
-		}
 		return &requestError{status: http.StatusBadRequest, detail: "the body must hold a single JSON value"}
 	}
 	return nil
+}
+
+// checkMembers refuses, in the object data holds, a member name that is not
+// exactly one of the JSON names of struct type t, or that repeats. Anything
+// else (not an object, a syntax error) is left for the decoder to report.
+func checkMembers(data []byte, t reflect.Type) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	bad := func(name, detail string) error {
+		return &requestError{status: http.StatusBadRequest, detail: strconv.Quote(name) + " " + detail,
+			fields: []fieldError{{Pointer: "#/" + name, Detail: detail}}}
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name := tok.(string)
+		if seen[name] {
+			return bad(name, "appears twice")
+		}
+		seen[name] = true
+		if known := memberName(t, name); known != name {
+			if known != "" {
+				return bad(name, "is not a known member; names are case-sensitive: "+strconv.Quote(known))
+			}
+			return bad(name, "is not a known member")
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// memberName returns the JSON name of t's field that name spells, ignoring
+// case, or "".
+func memberName(t reflect.Type, name string) string {
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if strings.EqualFold(tag, name) {
+			return tag
+		}
+	}
+	return ""
 }
 
 // jsonError turns a decoding failure into a requestError that tells the
@@ -311,33 +377,28 @@ func jsonError(err error) error {
 	case errors.Is(err, io.EOF):
 		return bad("the body must not be empty")
 	case errors.As(err, &typ):
-		detail := fmt.Sprintf("must be a JSON %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+		detail := "must be a JSON " + jsonKind(typ.Type.Kind()) + ", not " + typ.Value
 		if typ.Field == "" {
 			return bad("the body "+detail, fieldError{Pointer: "#", Detail: detail})
 		}
 		field := strings.ReplaceAll(typ.Field, ".", "/")
 		return bad(field+" "+detail, fieldError{Pointer: "#/" + field, Detail: detail})
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return bad("unknown field "+strconv.Quote(name), fieldError{Pointer: "#/" + name, Detail: "is not a known field"})
 	}
 	return bad("malformed JSON: " + err.Error())
 }
 
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "int", "int64", "int32", "uint", "uint64", "float64":
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.Int, reflect.Int64, reflect.Float64:
 		return "number"
-	case "string":
-		return "string"
-	case "slice", "array":
+	case reflect.Slice, reflect.Array:
 		return "array"
-	case "struct", "map":
+	case reflect.Struct, reflect.Map:
 		return "object"
-	case "bool":
+	case reflect.Bool:
 		return "boolean"
 	}
-	return goKind
+	return k.String()
 }
 
 // pathID parses the {id} path value; an id that cannot exist is not found.
@@ -347,4 +408,27 @@ func pathID(r *http.Request) (int64, error) {
 		return 0, errNotFound
 	}
 	return id, nil
+}
+
+// withID runs get with the request's {id}.
+func withID[T any](r *http.Request, get func(context.Context, int64) (T, error)) (T, error) {
+	id, err := pathID(r)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return get(r.Context(), id)
+}
+
+// respond answers with v, or with err as a problem when it is not nil.
+func respond(w http.ResponseWriter, r *http.Request, status int, v any, err error) {
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
+	if status == http.StatusNoContent {
+		w.WriteHeader(status)
+		return
+	}
+	writeJSON(w, r, status, v)
 }

@@ -47,11 +47,11 @@ type authenticator struct {
 // newAuthenticator discovers the provider at issuer and loads its keys,
 // retrying for up to patience so that a provider starting alongside the
 // service is waited for. client makes every request to the provider.
-func newAuthenticator(ctx context.Context, issuer, audience string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
+func newAuthenticator(ctx context.Context, issuer string, audiences []string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
 	ctx = oidc.ClientContext(ctx, client)
 	deadline := time.Now().Add(patience)
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		a, err := discover(ctx, issuer, audience, client, log)
+		a, err := discover(ctx, issuer, audiences[0], client, log)
 		if err == nil {
 			return a, nil
 		}
@@ -211,9 +211,18 @@ func bearerToken(header string) (string, error) {
 	return strings.TrimSpace(token), nil
 }
 
+// authError is a request refused for its credentials.
+type authError struct {
+	status    int
+	challenge string
+	detail    string
+	reason    string
+}
+
+func (e *authError) Error() string { return e.detail }
+
 // require lets a request through to next only with a valid token carrying
-// scope. Every failure to authenticate answers 401 with nothing more
-// specific than invalid_token; the reason goes to the log.
+// scope.
 func (a *authenticator) require(scope string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw, err := bearerToken(r.Header.Get("Authorization"))
@@ -223,19 +232,15 @@ func (a *authenticator) require(scope string, next http.Handler) http.Handler {
 		}
 		if err != nil {
 			if errors.Is(err, errNoToken) {
-				w.Header().Set("WWW-Authenticate", "Bearer")
-				writeProblem(w, http.StatusUnauthorized, "this route needs a bearer access token", nil)
+				fail(w, r, &authError{status: 401, challenge: "Bearer", detail: "this route needs a bearer access token"})
 				return
 			}
-			a.log.InfoContext(r.Context(), "token rejected", "request_id", requestInfoFrom(r.Context()).id, "reason", err.Error())
-			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-			writeProblem(w, http.StatusUnauthorized, "the access token is not valid", nil)
+			fail(w, r, &authError{status: 401, challenge: `Bearer error="invalid_token"`, detail: "the access token is not valid", reason: err.Error()})
 			return
 		}
 		requestInfoFrom(r.Context()).subject = p.subject
 		if !p.scopes[scope] {
-			w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope", scope="`+scope+`"`)
-			writeProblem(w, http.StatusForbidden, "this route needs the scope "+scope, nil)
+			fail(w, r, &authError{status: 403, challenge: `Bearer error="insufficient_scope", scope="` + scope + `"`, detail: "this route needs the scope " + scope})
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))

@@ -1,21 +1,42 @@
 package main
 
 import (
+	"cmp"
 	"net/http"
 	"strconv"
 	"time"
 )
 
-// customer is a customer as the API shows it, with all of its orders.
+// embeddedOrders is how many of its newest orders a customer carries; past
+// that, MoreOrders links to the rest, so that no customer makes a response
+// unbounded.
+const embeddedOrders = 50
+
+// customer is a customer as the API shows it, with its newest orders.
 type customer struct {
-	ID        int64     `json:"id"`
-	Code      string    `json:"code"`
-	Name      string    `json:"name"`
-	Phone     string    `json:"phone"`
-	Email     *string   `json:"email"`
-	CreatedBy string    `json:"created_by"`
-	CreatedAt time.Time `json:"created_at"`
-	Orders    []order   `json:"orders"`
+	ID         int64     `json:"id"`
+	Code       string    `json:"code"`
+	Name       string    `json:"name"`
+	Phone      string    `json:"phone"`
+	Email      *string   `json:"email"`
+	CreatedBy  string    `json:"created_by"`
+	CreatedAt  time.Time `json:"created_at"`
+	Orders     []order   `json:"orders"`
+	MoreOrders *string   `json:"more_orders"` // the list of the orders past Orders, or null
+}
+
+// embed sets the customer's orders from its newest ones, newest first: at
+// most embeddedOrders of them, and a link to the rest when there are more.
+func (c *customer) embed(newest []order) {
+	c.Orders, c.MoreOrders = newest, nil
+	if len(newest) > embeddedOrders {
+		c.Orders = newest[:embeddedOrders]
+		more := "/v1/orders?customer_id=" + strconv.FormatInt(c.ID, 10) + "&after=" + orderCursor(c.Orders[embeddedOrders-1]).encode()
+		c.MoreOrders = &more
+	}
+	if c.Orders == nil {
+		c.Orders = []order{}
+	}
 }
 
 // customerInput is the body of a create and one row of an import.
@@ -29,20 +50,20 @@ type customerInput struct {
 // check reports every rule the input breaks; an empty e-mail means none.
 func (in *customerInput) check(c *checker) {
 	if d := checkCode(in.Code); d != "" {
-		c.add("code", "%s", d)
+		c.add("code", d)
 	}
 	if d := checkText(in.Name, 200); d != "" {
-		c.add("name", "%s", d)
+		c.add("name", d)
 	}
 	if d := checkE164(in.Phone); d != "" {
-		c.add("phone", "%s", d)
+		c.add("phone", d)
 	}
 	if in.Email != nil && *in.Email == "" {
 		in.Email = nil
 	}
 	if in.Email != nil {
 		if d := checkEmail(*in.Email); d != "" {
-			c.add("email", "%s", d)
+			c.add("email", d)
 		}
 	}
 }
@@ -58,57 +79,48 @@ type customerPatch struct {
 func (p *customerPatch) check(c *checker) {
 	if p.Name.Set {
 		if d := checkText(p.Name.Value, 200); p.Name.Null || d != "" {
-			c.add("name", "%s", or(d, "must not be null"))
+			c.add("name", cmp.Or(d, "must not be null"))
 		}
 	}
 	if p.Phone.Set {
 		if d := checkE164(p.Phone.Value); p.Phone.Null || d != "" {
-			c.add("phone", "%s", or(d, "must not be null"))
+			c.add("phone", cmp.Or(d, "must not be null"))
 		}
 	}
 	if p.Email.Set && !p.Email.Null {
 		if p.Email.Value == "" {
 			p.Email.Null = true
 		} else if d := checkEmail(p.Email.Value); d != "" {
-			c.add("email", "%s", d)
+			c.add("email", d)
 		}
 	}
 	if !p.Name.Set && !p.Phone.Set && !p.Email.Set {
-		c.fields = append(c.fields, fieldError{Pointer: "#", Detail: "must set at least one of name, phone, email"})
+		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of name, phone, email"})
 	}
-}
-
-func or(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func (s *server) handleCreateCustomer(w http.ResponseWriter, r *http.Request) {
 	var in customerInput
-	if err := decodeJSON(w, r, maxBody, &in); err != nil {
-		fail(w, r, err)
-		return
+	err := decodeJSON(w, r, &in)
+	if err == nil {
+		c := newChecker()
+		in.check(c)
+		err = c.err()
 	}
-	c := newChecker()
-	in.check(c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
-	}
-	created, err := s.store.createCustomer(r.Context(), in, subject(r))
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	w.Header().Set("Location", "/v1/customers/"+strconv.FormatInt(created.ID, 10))
-	writeJSON(w, http.StatusCreated, created)
+	created, err := s.store.createCustomer(r.Context(), in, subject(r))
+	if err == nil {
+		w.Header().Set("Location", "/v1/customers/"+strconv.FormatInt(created.ID, 10))
+	}
+	respond(w, r, http.StatusCreated, created, err)
 }
 
 func (s *server) handleListCustomers(w http.ResponseWriter, r *http.Request) {
 	c := newChecker()
-	p := parsePage(r.URL.Query(), 'c', false, c)
+	p := parsePage(r.URL.Query(), 'c', c)
 	if err := c.err(); err != nil {
 		fail(w, r, err)
 		return
@@ -122,40 +134,26 @@ func (s *server) handleListCustomers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleGetCustomer(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err == nil {
-		var c customer
-		if c, err = s.store.getCustomer(r.Context(), id); err == nil {
-			writeJSON(w, http.StatusOK, c)
-			return
-		}
-	}
-	fail(w, r, err)
+	c, err := withID(r, s.store.getCustomer)
+	respond(w, r, http.StatusOK, c, err)
 }
 
 func (s *server) handlePatchCustomer(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
 	var p customerPatch
-	if err := decodeJSON(w, r, maxBody, &p); err != nil {
-		fail(w, r, err)
-		return
+	id, err := pathID(r)
+	if err == nil {
+		err = decodeJSON(w, r, &p)
 	}
-	c := newChecker()
-	p.check(c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
+	if err == nil {
+		c := newChecker()
+		p.check(c)
+		err = c.err()
 	}
-	updated, err := s.store.patchCustomer(r.Context(), id, p)
-	if err != nil {
-		fail(w, r, err)
-		return
+	var updated customer
+	if err == nil {
+		updated, err = s.store.patchCustomer(r.Context(), id, p)
 	}
-	writeJSON(w, http.StatusOK, updated)
+	respond(w, r, http.StatusOK, updated, err)
 }
 
 func (s *server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
@@ -163,44 +161,36 @@ func (s *server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.store.deleteCustomer(r.Context(), id)
 	}
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// importResult answers a successful import.
-type importResult struct {
-	Imported int     `json:"imported"`
-	IDs      []int64 `json:"ids"`
+	respond(w, r, http.StatusNoContent, nil, err)
 }
 
 func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
-	batch, err := readImport(w, r, []string{"code", "name", "phone", "email"}, customerFromCSV)
-	if err != nil {
-		fail(w, r, err)
-		return
+	serveImport(w, r, s.imports, []string{"code", "name", "phone", "email"}, customerFromCSV,
+		func(batch importBatch[customerInput], c *checker) ([]int64, error) {
+			firstRow := make(map[string]int, len(batch.items))
+			for i := range batch.items {
+				c.at(i, batch.csv)
+				in := &batch.items[i]
+				in.check(c)
+				if first, dup := firstRow[in.Code]; dup && in.Code != "" {
+					c.add("code", "repeats the code of "+where(first, batch.csv))
+				} else {
+					firstRow[in.Code] = i
+				}
+			}
+			if err := c.err(); err != nil {
+				return nil, err
+			}
+			return s.store.importCustomers(r.Context(), batch.items, subject(r))
+		})
+}
+
+// where names import row i as errors do: "row 4" in CSV, "#/3" in JSON.
+func where(i int, csv bool) string {
+	if csv {
+		return "row " + strconv.Itoa(i+1)
 	}
-	firstRow := make(map[string]int, len(batch.items))
-	err = batch.validate(func(i int, in *customerInput, c *checker) {
-		in.check(c)
-		if first, dup := firstRow[in.Code]; dup && in.Code != "" {
-			c.add("code", "repeats the code of %s", batch.where(first))
-		} else {
-			firstRow[in.Code] = i
-		}
-	})
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	ids, err := s.store.importCustomers(r.Context(), batch.items, subject(r))
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, importResult{Imported: len(ids), IDs: ids})
+	return "#/" + strconv.Itoa(i)
 }
 
 // customerFromCSV turns a CSV record into the input a JSON row would give;

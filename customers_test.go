@@ -115,6 +115,11 @@ func TestCustomersValidation(t *testing.T) {
 		{"code too long", map[string]any{"code": strings.Repeat("A", 33), "name": "A", "phone": "+254712345678"}, []string{"#/code"}},
 		{"name too long", map[string]any{"code": "A", "name": strings.Repeat("n", 201), "phone": "+254712345678"}, []string{"#/name"}},
 		{"control characters", map[string]any{"code": "A", "name": "Amina\nNjoroge", "phone": "+254712345678"}, []string{"#/name"}},
+		{"zero-width characters only", map[string]any{"code": "A", "name": "\u200b\u200c\u2060", "phone": "+254712345678"}, []string{"#/name"}},
+		{"bidi override", map[string]any{"code": "A", "name": "Amina \u202egnirojN", "phone": "+254712345678"}, []string{"#/name"}},
+		{"line separator", map[string]any{"code": "A", "name": "Amina\u2028Njoroge", "phone": "+254712345678"}, []string{"#/name"}},
+		{"non-ASCII code", map[string]any{"code": "CÜST", "name": "A", "phone": "+254712345678"}, []string{"#/code"}},
+		{"non-ASCII e-mail", map[string]any{"code": "A", "name": "A", "phone": "+254712345678", "email": "amina@exämple.com"}, []string{"#/email"}},
 		{"phone without plus", map[string]any{"code": "A", "name": "A", "phone": "254712345678"}, []string{"#/phone"}},
 		{"phone too short", map[string]any{"code": "A", "name": "A", "phone": "+2547123"}, []string{"#/phone"}},
 		{"phone too long", map[string]any{"code": "A", "name": "A", "phone": "+2547123456789012"}, []string{"#/phone"}},
@@ -134,23 +139,24 @@ func TestCustomersValidation(t *testing.T) {
 	if n := ta.count("customers"); n != 0 {
 		t.Errorf("customers after refused creates: got %d, want 0", n)
 	}
-	// The shortest and longest E.164 numbers and an empty e-mail are fine.
+	// The shortest and longest E.164 numbers, an empty e-mail and names in
+	// scripts that join with zero-width characters are fine.
 	ta.createCustomer("MIN", "+25471234", nil)
 	ta.createCustomer("MAX", "+254712345678901", ptr(""))
+	ta.do("POST", "/v1/customers", map[string]any{"code": "FA", "name": "می\u200cخواهم", "phone": "+254712345678"}).must(t, http.StatusCreated)
 }
 
-func TestCustomersCarryAllOrdersNewestFirst(t *testing.T) {
+func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 	ta := newTestApp(t, nil)
 	a := ta.createCustomer("A", "+254712345678", nil)
 	b := ta.createCustomer("B", "+254712345679", nil)
-	times := []string{"2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z"}
-	for _, tm := range times {
-		ta.do("POST", "/v1/orders", map[string]any{"customer_id": a.ID, "item": "kit", "amount": "1.00", "time": tm}).must(t, http.StatusCreated)
+	for _, tm := range []string{"2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z"} {
+		ta.place(map[string]any{"customer_id": a.ID, "item": "kit", "amount": "1.00", "time": tm})
 	}
 	var got customer
 	ta.do("GET", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusOK).json(t, &got)
-	if len(got.Orders) != 3 {
-		t.Fatalf("orders: got %d, want 3", len(got.Orders))
+	if len(got.Orders) != 3 || got.MoreOrders != nil {
+		t.Fatalf("orders: got %d and more_orders %v, want 3 and null", len(got.Orders), got.MoreOrders)
 	}
 	for i, want := range []string{"2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"} {
 		if g := got.Orders[i].Time.Format(time.RFC3339); g != want {
@@ -163,11 +169,39 @@ func TestCustomersCarryAllOrdersNewestFirst(t *testing.T) {
 		t.Errorf("list: got %+v", page.Data)
 	}
 	p := ta.do("DELETE", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusConflict).problem(t)
-	if !strings.Contains(p.Detail, "has orders") {
-		t.Errorf("detail: got %q", p.Detail)
+	if !strings.Contains(p.Detail, "has orders") || ta.count("customers") != 2 {
+		t.Errorf("refused delete: got %q and %d customers", p.Detail, ta.count("customers"))
 	}
-	if n := ta.count("customers"); n != 2 {
-		t.Errorf("customers after refused delete: got %d, want 2", n)
+
+	// Past embeddedOrders, the newest are embedded and more_orders lists the
+	// rest, exactly.
+	ta.importOrders("B", embeddedOrders+7, false)
+	for _, path := range []string{fmt.Sprintf("/v1/customers/%d", b.ID), "/v1/customers?after=" + cursor{Kind: 'c', ID: a.ID}.encode()} {
+		var c customer
+		if r := ta.do("GET", path, nil).must(t, http.StatusOK); strings.Contains(path, "after") {
+			var page listPage[customer]
+			r.json(t, &page)
+			c = page.Data[0]
+		} else {
+			r.json(t, &c)
+		}
+		if len(c.Orders) != embeddedOrders || c.MoreOrders == nil {
+			t.Fatalf("%s: got %d orders and more_orders %v, want %d and a link", path, len(c.Orders), c.MoreOrders, embeddedOrders)
+		}
+		rest := walk(t, ta, *c.MoreOrders, func(o order) int64 { return o.ID })
+		seen := map[int64]bool{}
+		for _, o := range c.Orders {
+			seen[o.ID] = true
+		}
+		for _, id := range rest {
+			if seen[id] {
+				t.Errorf("%s: order %d both embedded and in more_orders", path, id)
+			}
+			seen[id] = true
+		}
+		if len(seen) != embeddedOrders+7 || len(rest) != 7 {
+			t.Errorf("%s: embedded and linked orders: got %d (%d linked), want %d", path, len(seen), len(rest), embeddedOrders+7)
+		}
 	}
 }
 
@@ -244,6 +278,9 @@ func TestCustomersImport(t *testing.T) {
 		{"empty array", "[]", "application/json", 422, "no rows"},
 		{"not an array", `{"code":"X"}`, "application/json", 400, "array"},
 		{"unknown field in element", `[{"code":"X","name":"Y","phone":"+254700000051"},{"code":"Z","nick":"n"}]`, "application/json", 400, "element 1"},
+		{"member twice in element", `[{"code":"X","name":"Y","phone":"+254700000051","code":"Z"}]`, "application/json", 400, `element 0: "code" appears twice`},
+		{"invalid UTF-8 in element", "[{\"code\":\"X\",\"name\":\"Y\xff\",\"phone\":\"+254700000051\"}]", "application/json", 400, "not valid UTF-8"},
+		{"invalid UTF-8 in CSV", "code,name,phone\nX,Y\xff,+254700000051\n", "text/csv", 422, "row 1: name"},
 		{"xml", "<a/>", "application/xml", 415, "text/csv"},
 	}
 	for _, tc := range refusals {
@@ -264,5 +301,31 @@ func TestCustomersImport(t *testing.T) {
 	t.Run("over 32 MiB", func(t *testing.T) {
 		body := "code,name,phone\n" + strings.Repeat("X,"+strings.Repeat("n", 1000)+",+254700000051\n", 33*1024)
 		importCSV(body).must(t, http.StatusRequestEntityTooLarge).problem(t)
+	})
+	t.Run("over the row limit", func(t *testing.T) {
+		p := importCSV("code,name,phone\n"+strings.Repeat("X,Y,+254700000051\n", maxImportRows+1)).must(t, http.StatusRequestEntityTooLarge).problem(t)
+		if !strings.Contains(p.Detail, "10000 rows") {
+			t.Errorf("detail: got %q, want the row limit", p.Detail)
+		}
+		ta.do("POST", "/v1/customers/import", "["+strings.Repeat("{},", maxImportRows)+"{}]").must(t, http.StatusRequestEntityTooLarge)
+	})
+	t.Run("errors are capped and counted", func(t *testing.T) {
+		p := ta.do("POST", "/v1/customers/import", "["+strings.Repeat("{},", maxImportRows-1)+"{}]").must(t, http.StatusUnprocessableEntity).problem(t)
+		if len(p.Errors) != maxFieldErrors || p.Detail != "30000 problems; the first 100 are listed" || p.Errors[99].Pointer != "#/33/code" {
+			t.Errorf("got %d errors, the last at %s, and %q; want 100, the last at #/33/code, and the total", len(p.Errors), p.Errors[len(p.Errors)-1].Pointer, p.Detail)
+		}
+	})
+	t.Run("too many at once", func(t *testing.T) {
+		for range maxImports {
+			ta.server.imports <- struct{}{}
+		}
+		r := importCSV("code,name,phone\nBUSY,Y,+254700000051\n").must(t, http.StatusServiceUnavailable)
+		if r.problem(t); r.header.Get("Retry-After") == "" {
+			t.Error("a refused import has no Retry-After")
+		}
+		for range maxImports {
+			<-ta.server.imports
+		}
+		importCSV("code,name,phone\nBUSY,Y,+254700000051\n").must(t, http.StatusCreated)
 	})
 }

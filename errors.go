@@ -1,21 +1,24 @@
 package main
 
 import (
+	"cmp"
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// The store and the decoders report failures with these few error types; one
-// table, statusOf, turns them into HTTP statuses, so no handler chooses a
-// status for a failure on its own.
+// The handlers, the store and the authenticator report failures with these
+// few error types; fail is the one place that turns them into responses, so
+// no handler chooses a status on its own.
+
 var errNotFound = errors.New("not found")
 
 // conflictError is a uniqueness conflict or a change that would orphan rows.
@@ -23,8 +26,9 @@ type conflictError struct{ detail string }
 
 func (e *conflictError) Error() string { return e.detail }
 
-// requestError is a request the server refuses before looking at its meaning:
-// malformed JSON, an unknown field, a body too large or of the wrong type.
+// requestError is a request refused before its meaning is looked at:
+// malformed JSON, an unknown member, a body too large or of the wrong type,
+// or the service too busy to take it (status 503).
 type requestError struct {
 	status int
 	detail string
@@ -33,70 +37,101 @@ type requestError struct {
 
 func (e *requestError) Error() string { return e.detail }
 
-// fieldError names one bad field. Pointer is an RFC 6901 JSON pointer into the
-// body ("#/amount", "#/3/phone"); Parameter names a query parameter; Row and
-// Field locate a CSV cell, rows counted from 1 after the header.
-type fieldError struct {
-	Pointer   string `json:"pointer,omitempty"`
-	Parameter string `json:"parameter,omitempty"`
-	Row       int    `json:"row,omitempty"`
-	Field     string `json:"field,omitempty"`
-	Detail    string `json:"detail"`
-}
-
 // validationError is well-formed input that breaks a rule; it names every
-// bad field at once.
+// bad field (the first maxFieldErrors of them).
 type validationError struct {
 	detail string
 	fields []fieldError
 }
 
-// Error is the problem's detail: the summary when there is one, else the
-// lone field's error prefixed with the field's name.
-func (e *validationError) Error() string {
-	if e.detail != "" || len(e.fields) != 1 {
-		return e.detail
+func (e *validationError) Error() string { return e.detail }
+
+// fieldError names one bad input: Pointer is an RFC 6901 JSON pointer into the
+// body ("#/amount", "#/3/phone"), Parameter a query parameter, Header a request
+// header, Row and Field a CSV cell, rows counted from 1 after the header.
+type fieldError struct {
+	Pointer   string `json:"pointer,omitempty"`
+	Parameter string `json:"parameter,omitempty"`
+	Header    string `json:"header,omitempty"`
+	Row       int    `json:"row,omitempty"`
+	Field     string `json:"field,omitempty"`
+	Detail    string `json:"detail"`
+	index     int    // the import row it belongs to, which orders the list
+}
+
+// maxFieldErrors bounds the errors one answer lists: a bad import of 10,000
+// rows must not answer with a problem bigger than the import.
+const maxFieldErrors = 100
+
+// checker collects what is wrong with an input, so that a client learns of
+// every bad field in one round trip. It keeps the first maxFieldErrors and
+// counts the rest.
+type checker struct {
+	prefix string // JSON pointer of the object checked: "#", or "#/3" in an import
+	row    int    // the CSV row, when checking a CSV record
+	index  int    // the import row checked
+	fields []fieldError
+	total  int
+}
+
+func newChecker() *checker { return &checker{prefix: "#"} }
+
+// at moves the checker to row i of an import, named "#/i" in JSON and
+// "row i+1" in CSV.
+func (c *checker) at(i int, csv bool) {
+	c.index, c.prefix, c.row = i, "#/"+strconv.Itoa(i), 0
+	if csv {
+		c.row = i + 1
 	}
-	f := e.fields[0]
+}
+
+// add records that the member name is bad, as detail says.
+func (c *checker) add(name, detail string) {
+	if c.row > 0 {
+		c.addError(fieldError{Row: c.row, Field: name, Detail: "row " + strconv.Itoa(c.row) + ": " + name + " " + detail})
+		return
+	}
+	c.addError(fieldError{Pointer: c.prefix + "/" + name, Detail: detail})
+}
+
+// addError records f for the current row. Rows are checked in order, and
+// errors found later for an earlier row (by the store) are put in their
+// place, so that the list holds the first errors by row.
+func (c *checker) addError(f fieldError) {
+	c.total++
+	f.index = c.index
+	at, _ := slices.BinarySearchFunc(c.fields, f.index+1, func(e fieldError, i int) int { return cmp.Compare(e.index, i) })
+	if at < maxFieldErrors {
+		c.fields = slices.Insert(c.fields, at, f)
+		c.fields = c.fields[:min(len(c.fields), maxFieldErrors)]
+	}
+}
+
+// err returns nil when nothing was added, else a validationError whose detail
+// is the lone error's or a count.
+func (c *checker) err() error {
 	switch {
-	case f.Row > 0 || f.Parameter != "":
-		return f.Detail // already names its row or parameter
+	case c.total == 0:
+		return nil
+	case c.total == 1:
+		return &validationError{detail: describe(c.fields[0]), fields: c.fields}
+	case c.total > len(c.fields):
+		return &validationError{detail: fmt.Sprintf("%d problems; the first %d are listed", c.total, len(c.fields)), fields: c.fields}
+	}
+	return &validationError{detail: strconv.Itoa(c.total) + " problems; see errors", fields: c.fields}
+}
+
+// describe is a lone field error as a problem's detail: its own detail, with
+// the member's name in front when the detail does not already say where.
+func describe(f fieldError) string {
+	switch {
+	case f.Row > 0 || f.Parameter != "" || f.Header != "":
+		return f.Detail
 	case f.Pointer == "#":
 		return "the body " + f.Detail
 	}
 	return strings.TrimPrefix(f.Pointer, "#/") + " " + f.Detail
 }
-
-// checker collects field errors so that a client learns about every bad field
-// in one round trip.
-type checker struct {
-	prefix string // JSON pointer prefix for array elements, "#/3"
-	row    int    // CSV row, when checking a CSV record
-	fields []fieldError
-}
-
-// add records that the field named by name (a JSON member name) is bad.
-func (c *checker) add(name, format string, args ...any) {
-	detail := fmt.Sprintf(format, args...)
-	if c.row > 0 {
-		c.fields = append(c.fields, fieldError{Row: c.row, Field: name, Detail: "row " + strconv.Itoa(c.row) + ": " + name + " " + detail})
-		return
-	}
-	c.fields = append(c.fields, fieldError{Pointer: c.prefix + "/" + name, Detail: detail})
-}
-
-// err returns nil when nothing was added, or a validationError.
-func (c *checker) err() error {
-	if len(c.fields) == 0 {
-		return nil
-	}
-	if len(c.fields) == 1 {
-		return &validationError{fields: c.fields}
-	}
-	return &validationError{detail: strconv.Itoa(len(c.fields)) + " fields are invalid; see errors", fields: c.fields}
-}
-
-func newChecker() *checker { return &checker{prefix: "#"} }
 
 // problem is an RFC 9457 problem details body.
 type problem struct {
@@ -107,72 +142,49 @@ type problem struct {
 	Errors []fieldError `json:"errors,omitempty"`
 }
 
-// writeProblem writes a problem with type about:blank, whose title is the
+// writeProblem writes a problem of type about:blank, whose title is the
 // status's reason phrase.
 func writeProblem(w http.ResponseWriter, status int, detail string, fields []fieldError) {
+	b, _ := json.Marshal(problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail, Errors: fields})
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(problem{
-		Type:   "about:blank",
-		Title:  http.StatusText(status),
-		Status: status,
-		Detail: detail,
-		Errors: fields,
-	})
+	w.Write(append(b, '\n'))
 }
 
-// statusOf maps the service's error types to HTTP statuses; anything else is
-// an internal error.
-func statusOf(err error) int {
+// fail answers r with err as a problem. It is the one table from error to
+// status. The cause of an internal error goes to the request's log line,
+// never to the client, who gets the request id to quote.
+func fail(w http.ResponseWriter, r *http.Request, err error) {
+	info := requestInfoFrom(r.Context())
 	var (
-		ce *conflictError
-		re *requestError
-		ve *validationError
+		conflict *conflictError
+		request  *requestError
+		invalid  *validationError
+		auth     *authError
 	)
 	switch {
 	case errors.Is(err, errNotFound):
-		return http.StatusNotFound
+		writeProblem(w, http.StatusNotFound, "no such resource: "+r.URL.Path, nil)
+	case errors.As(err, &auth):
+		info.note = auth.reason
+		w.Header().Set("WWW-Authenticate", auth.challenge)
+		writeProblem(w, auth.status, auth.detail, nil)
+	case errors.As(err, &conflict):
+		writeProblem(w, http.StatusConflict, conflict.detail, nil)
+	case errors.As(err, &request):
+		if request.status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "5")
+		}
+		writeProblem(w, request.status, request.detail, request.fields)
+	case errors.As(err, &invalid):
+		writeProblem(w, http.StatusUnprocessableEntity, invalid.detail, invalid.fields)
 	case databaseUnavailable(err):
-		return http.StatusServiceUnavailable
-	case errors.As(err, &ce):
-		return http.StatusConflict
-	case errors.As(err, &re):
-		return re.status
-	case errors.As(err, &ve):
-		return http.StatusUnprocessableEntity
-	}
-	return http.StatusInternalServerError
-}
-
-// fail answers r with err as a problem. An internal error's cause goes to the
-// request's log line, never to the client, who gets the request id to quote.
-func fail(w http.ResponseWriter, r *http.Request, err error) {
-	status := statusOf(err)
-	switch status {
-	case http.StatusInternalServerError:
-		info := requestInfoFrom(r.Context())
-		info.cause = err
-		writeProblem(w, status, "internal error; request id "+info.id, nil)
-	case http.StatusServiceUnavailable:
-		info := requestInfoFrom(r.Context())
 		info.cause = err
 		w.Header().Set("Retry-After", "2")
-		writeProblem(w, status, "the database is unavailable; retry shortly (request id "+info.id+")", nil)
-	case http.StatusNotFound:
-		writeProblem(w, status, "no such resource: "+r.URL.Path, nil)
+		writeProblem(w, http.StatusServiceUnavailable, "the database is unavailable; retry shortly (request id "+info.id+")", nil)
 	default:
-		var (
-			re *requestError
-			ve *validationError
-		)
-		switch {
-		case errors.As(err, &re):
-			writeProblem(w, status, re.detail, re.fields)
-		case errors.As(err, &ve):
-			writeProblem(w, status, ve.Error(), ve.fields)
-		default:
-			writeProblem(w, status, err.Error(), nil)
-		}
+		info.cause = err
+		writeProblem(w, http.StatusInternalServerError, "internal error; request id "+info.id, nil)
 	}
 }
 
@@ -183,9 +195,12 @@ func databaseUnavailable(err error) bool {
 	var (
 		connect *pgconn.ConnectError
 		netErr  net.Error
+		pgErr   *pgconn.PgError
 	)
-	code, _ := pgCode(err)
-	return errors.As(err, &connect) || errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn) ||
-		strings.HasPrefix(code, "08") || // connection exception
-		strings.HasPrefix(code, "57P") // operator intervention: shutdown, crash, cannot connect now
+	if errors.As(err, &pgErr) {
+		// Connection exceptions, and operator intervention: shutdown, crash,
+		// cannot connect now.
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
+	}
+	return errors.As(err, &connect) || errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn)
 }

@@ -2,16 +2,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,9 +19,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 // testDatabaseURL is the server the integration tests use: TEST_DATABASE_URL,
@@ -75,12 +70,10 @@ func testSchemaURL(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		db, err := sql.Open("pgx", base)
-		if err != nil {
-			return
+		if db, err := sql.Open("pgx", base); err == nil {
+			db.Exec("DROP SCHEMA " + schema + " CASCADE")
+			db.Close()
 		}
-		defer db.Close()
-		db.Exec("DROP SCHEMA " + schema + " CASCADE")
 	})
 	u, err := url.Parse(base)
 	if err != nil {
@@ -92,98 +85,6 @@ func testSchemaURL(t testing.TB) string {
 	return u.String()
 }
 
-// testIssuer is an OpenID Connect provider for tests: discovery and a JWKS
-// over HTTP, and real signed tokens.
-type testIssuer struct {
-	srv      *httptest.Server
-	rsaKey   *rsa.PrivateKey
-	ecKey    *ecdsa.PrivateKey
-	audience string
-	jwksHits atomic.Int64
-}
-
-func newTestIssuer(t testing.TB) *testIssuer {
-	t.Helper()
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss := &testIssuer{rsaKey: rsaKey, ecKey: ecKey, audience: "order-management"}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{
-			"issuer":                                iss.srv.URL,
-			"jwks_uri":                              iss.srv.URL + "/jwks",
-			"authorization_endpoint":                iss.srv.URL + "/authorize",
-			"token_endpoint":                        iss.srv.URL + "/token",
-			"response_types_supported":              []string{"code"},
-			"subject_types_supported":               []string{"public"},
-			"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
-		})
-	})
-	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
-		iss.jwksHits.Add(1)
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
-			{Key: &rsaKey.PublicKey, KeyID: "rsa-1", Algorithm: "RS256", Use: "sig"},
-			{Key: &ecKey.PublicKey, KeyID: "ec-1", Algorithm: "ES256", Use: "sig"},
-		}})
-	})
-	iss.srv = httptest.NewServer(mux)
-	t.Cleanup(iss.srv.Close)
-	return iss
-}
-
-// claims returns valid claims for sub with scopes in the "scope" claim.
-func (iss *testIssuer) claims(sub string, scopes ...string) map[string]any {
-	now := time.Now()
-	return map[string]any{
-		"iss":   iss.srv.URL,
-		"sub":   sub,
-		"aud":   []string{iss.audience},
-		"iat":   now.Unix(),
-		"nbf":   now.Unix(),
-		"exp":   now.Add(time.Hour).Unix(),
-		"scope": strings.Join(scopes, " "),
-	}
-}
-
-// sign signs claims with the issuer's RSA key (or EC key when alg is ES256).
-func (iss *testIssuer) sign(t testing.TB, claims map[string]any, alg jose.SignatureAlgorithm) string {
-	if alg == jose.ES256 {
-		return signJWT(t, alg, iss.ecKey, "ec-1", claims)
-	}
-	return signJWT(t, alg, iss.rsaKey, "rsa-1", claims)
-}
-
-// signJWT signs claims as an at+jwt with a key the caller chooses, including
-// the tokens a real provider would never mint: foreign keys, borrowed key
-// ids, HMAC secrets. An empty kid leaves the header without one.
-func signJWT(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims any) string {
-	t.Helper()
-	sk := jose.SigningKey{Algorithm: alg, Key: key}
-	if kid != "" {
-		sk.Key = jose.JSONWebKey{Key: key, KeyID: kid}
-	}
-	signer, err := jose.NewSigner(sk, (&jose.SignerOptions{}).WithType("at+jwt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-// token returns a valid RS256 token for sub with scopes.
-func (iss *testIssuer) token(t testing.TB, sub string, scopes ...string) string {
-	return iss.sign(t, iss.claims(sub, scopes...), jose.RS256)
-}
-
 var allScopes = []string{"customers:read", "customers:write", "orders:read", "orders:write", "numbers:read", "numbers:write"}
 
 // testApp is the service wired as in production, on a schema of its own,
@@ -192,7 +93,7 @@ type testApp struct {
 	*app
 	t       testing.TB
 	url     string
-	issuer  *testIssuer
+	issuer  *fakeOIDC
 	token   string // every scope, sub "staff-1"
 	logs    *syncBuffer
 	senders map[string]*recordingSender
@@ -221,10 +122,10 @@ func (b *syncBuffer) String() string {
 // which keeps the senders the configuration builds.
 func newTestApp(t testing.TB, env map[string]string) *testApp {
 	t.Helper()
-	iss := newTestIssuer(t)
+	iss := newFakeOIDC(t)
 	vars := map[string]string{
 		"DATABASE_URL":    testSchemaURL(t),
-		"OIDC_ISSUER_URL": iss.srv.URL,
+		"OIDC_ISSUER_URL": iss.url,
 		"OIDC_AUDIENCE":   iss.audience,
 		"LOG_LEVEL":       "debug",
 	}
@@ -236,8 +137,7 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := newApp(t.Context(), cfg, log)
+	a, err := newApp(t.Context(), cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,23 +145,30 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 	ta := &testApp{app: a, t: t, issuer: iss, token: iss.token(t, "staff-1", allScopes...), logs: logs, senders: map[string]*recordingSender{}}
 	if vars["KEEP_SENDERS"] == "" {
 		for name, ch := range a.server.channels.byName {
-			rec := &recordingSender{}
-			ta.senders[name] = rec
-			a.server.channels.register(name, rec, ch.address)
+			ta.senders[name] = &recordingSender{}
+			a.server.channels.register(name, ta.senders[name], ch.address)
 		}
 	}
+	a.worker.poll = 20 * time.Millisecond
 	srv := httptest.NewServer(a.server.routes())
 	t.Cleanup(srv.Close)
 	ta.url = srv.URL
 	return ta
 }
 
-// startWorker runs the app's worker until the test ends.
-func (ta *testApp) startWorker() {
+// startWorker runs w (the app's worker when nil) until the test ends.
+func (ta *testApp) startWorker(w *worker, drain time.Duration) {
+	w = cmp.Or(w, ta.worker)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); ta.worker.run(ctx, 5*time.Second) }()
+	go func() { defer close(done); w.run(ctx, drain) }()
 	ta.t.Cleanup(func() { cancel(); <-done })
+}
+
+// fast makes the app's worker retry at once, so that tests of retries take
+// milliseconds rather than the production seconds.
+func (ta *testApp) fast() {
+	ta.worker.backoff = func(int) time.Duration { return 10 * time.Millisecond }
 }
 
 // response is a finished HTTP exchange.
@@ -292,8 +199,17 @@ func (r response) problem(t testing.TB) problem {
 	return p
 }
 
+// must fails the test unless r has the status.
+func (r response) must(t testing.TB, status int) response {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status: got %d, want %d; body %s", r.status, status, r.body)
+	}
+	return r
+}
+
 // do sends a request with the app's all-scopes token; body is JSON-encoded
-// unless it is a string, sent as is with contentType.
+// unless it is a string or []byte, sent as is.
 func (ta *testApp) do(method, path string, body any) response {
 	return ta.request(method, path, body, "application/json", map[string]string{"Authorization": "Bearer " + ta.token})
 }
@@ -336,15 +252,6 @@ func (ta *testApp) request(method, path string, body any, contentType string, he
 	return response{status: res.StatusCode, header: res.Header, body: b}
 }
 
-// must fails the test unless r has the status.
-func (r response) must(t testing.TB, status int) response {
-	t.Helper()
-	if r.status != status {
-		t.Fatalf("status: got %d, want %d; body %s", r.status, status, r.body)
-	}
-	return r
-}
-
 // createCustomer makes a customer and returns it.
 func (ta *testApp) createCustomer(code, phone string, email *string) customer {
 	ta.t.Helper()
@@ -357,48 +264,179 @@ func (ta *testApp) createCustomer(code, phone string, email *string) customer {
 	return c
 }
 
-// count returns the rows in table.
-func (ta *testApp) count(table string) int {
+// place places an order through the API and returns the 201's body.
+func (ta *testApp) place(body map[string]any) order {
 	ta.t.Helper()
+	var o order
+	ta.do("POST", "/v1/orders", body).must(ta.t, http.StatusCreated).json(ta.t, &o)
+	return o
+}
+
+// getOrder reads an order through the API.
+func (ta *testApp) getOrder(id int64) order {
+	ta.t.Helper()
+	var o order
+	ta.do("GET", fmt.Sprint("/v1/orders/", id), nil).must(ta.t, http.StatusOK).json(ta.t, &o)
+	return o
+}
+
+// importOrders imports n orders for the customer with code and returns
+// their ids; notify false adds ?notify=false.
+func (ta *testApp) importOrders(code string, n int, notify bool) []int64 {
+	ta.t.Helper()
+	rows := make([]map[string]any, n)
+	for i := range rows {
+		rows[i] = map[string]any{"customer_code": code, "item": fmt.Sprintf("kit-%d", i), "amount": "10.00"}
+	}
+	var res importResult
+	ta.do("POST", fmt.Sprint("/v1/orders/import?notify=", notify), rows).must(ta.t, http.StatusCreated).json(ta.t, &res)
+	if res.Imported != n || len(res.IDs) != n {
+		ta.t.Fatalf("import: got %d imported, %d ids, want %d", res.Imported, len(res.IDs), n)
+	}
+	return res.IDs
+}
+
+// count returns the rows in table that match the condition ("" for all).
+func (ta *testApp) count(table string, where ...any) int {
+	ta.t.Helper()
+	query := "SELECT count(*) FROM " + table
+	if len(where) > 0 {
+		query += " WHERE " + where[0].(string)
+	}
 	var n int
-	if err := ta.store.db.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
+	if err := ta.store.db.QueryRow(query, where[min(1, len(where)):]...).Scan(&n); err != nil {
 		ta.t.Fatal(err)
 	}
 	return n
+}
+
+// outboxRow is a notification as stored.
+type outboxRow struct {
+	channel, recipient, status string
+	attempts                   int
+	lastError, providerID      sql.NullString
+	sentAt, deliveredAt        sql.NullTime
+	nextAttempt                time.Time
+}
+
+// outbox reads the notification of an order, failing the test when it has none.
+func (ta *testApp) outbox(orderID int64) outboxRow {
+	ta.t.Helper()
+	var n outboxRow
+	err := ta.store.db.QueryRow(`
+		SELECT channel, recipient, status, attempts, last_error, provider_message_id, sent_at, delivered_at, next_attempt_at
+		FROM notifications WHERE order_id = $1`, orderID).
+		Scan(&n.channel, &n.recipient, &n.status, &n.attempts, &n.lastError, &n.providerID, &n.sentAt, &n.deliveredAt, &n.nextAttempt)
+	if err != nil {
+		ta.t.Fatalf("the notification of order %d: %v", orderID, err)
+	}
+	return n
+}
+
+// settled waits until the notification of order id is no longer pending.
+func (ta *testApp) settled(id int64) outboxRow {
+	ta.t.Helper()
+	eventually(ta.t, 10*time.Second, fmt.Sprint("the notification of order ", id, " settled"), func() bool {
+		return ta.outbox(id).status != "pending"
+	})
+	return ta.outbox(id)
 }
 
 // recordingSender is a Sender that remembers what it was asked to send and
 // answers with what fail says (nil: success).
 type recordingSender struct {
 	mu   sync.Mutex
-	sent []Message
-	fail func(m Message, attempt int) error
-	seen map[int64]int
+	sent []notice
+	fail func(n notice, attempt int) error
+	seen map[int64]int // attempts per order, failed ones included
 }
 
-func (s *recordingSender) Send(ctx context.Context, m Message) (string, error) {
+func (s *recordingSender) Send(ctx context.Context, n notice) (string, error) {
 	s.mu.Lock()
 	if s.seen == nil {
 		s.seen = map[int64]int{}
 	}
-	s.seen[m.OrderID]++
-	attempt, fail := s.seen[m.OrderID], s.fail
+	s.seen[n.OrderID]++
+	attempt, fail := s.seen[n.OrderID], s.fail
 	s.mu.Unlock()
 	if fail != nil {
-		if err := fail(m, attempt); err != nil {
+		if err := fail(n, attempt); err != nil {
 			return "", err
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sent = append(s.sent, m)
-	return fmt.Sprintf("rec-%d", m.OrderID), nil
+	s.sent = append(s.sent, n)
+	return fmt.Sprintf("rec-%d", n.OrderID), nil
 }
 
-func (s *recordingSender) messages() []Message {
+func (s *recordingSender) notices() []notice {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Message(nil), s.sent...)
+	return append([]notice(nil), s.sent...)
+}
+
+func (s *recordingSender) attempts(orderID int64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[orderID]
+}
+
+// perOrder counts successful sends per order across senders.
+func perOrder(senders ...*recordingSender) map[int64]int {
+	n := map[int64]int{}
+	for _, s := range senders {
+		for _, m := range s.notices() {
+			n[m.OrderID]++
+		}
+	}
+	return n
+}
+
+// logLines decodes JSON log lines, those with every key=value of match.
+func logLines(t testing.TB, logs string, match ...any) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for line := range strings.SplitSeq(logs, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		ok := true
+		for i := 0; i+1 < len(match); i += 2 {
+			ok = ok && fmt.Sprint(rec[match[i].(string)]) == fmt.Sprint(match[i+1])
+		}
+		if ok {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// requestLog waits for the log line of the request with id: it is written as
+// the handler returns, which may be just after the client has its answer.
+func (ta *testApp) requestLog(id string) map[string]any {
+	ta.t.Helper()
+	var lines []map[string]any
+	eventually(ta.t, 2*time.Second, "the log line of request "+id, func() bool {
+		lines = logLines(ta.t, ta.logs.String(), "msg", "request", "request_id", id)
+		return len(lines) == 1
+	})
+	return lines[0]
+}
+
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // eventually polls cond until it holds or the deadline passes.

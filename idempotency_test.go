@@ -66,8 +66,8 @@ func TestIdempotencyReplay(t *testing.T) {
 		other := strings.Replace(base, "whole-exome-sequencing", "kit", 1)
 		res := ntPostKeyed(ta, ta.token, ptr("key-conflict"), other).must(t, http.StatusUnprocessableEntity)
 		p := res.problem(t)
-		if len(p.Errors) != 1 || p.Errors[0].Parameter != "Idempotency-Key" {
-			t.Errorf("errors: got %+v, want one naming the Idempotency-Key parameter", p.Errors)
+		if len(p.Errors) != 1 || p.Errors[0].Header != "Idempotency-Key" {
+			t.Errorf("errors: got %+v, want one naming the Idempotency-Key header", p.Errors)
 		}
 		if got := ta.count("orders"); got != orders {
 			t.Errorf("orders: got %d, want %d", got, orders)
@@ -102,6 +102,9 @@ func TestIdempotencyReplay(t *testing.T) {
 			{"256 characters", strings.Repeat("k", 256), http.StatusUnprocessableEntity},
 			{"255 characters", strings.Repeat("k", 255), http.StatusCreated},
 			{"1 character", "k", http.StatusCreated},
+			{"not UTF-8", "\xff\xfe", http.StatusUnprocessableEntity},
+			{"a control character", "key\tx", http.StatusUnprocessableEntity},
+			{"255 characters of two bytes each", strings.Repeat("é", 255), http.StatusCreated},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				orders := ta.count("orders")
@@ -111,8 +114,8 @@ func TestIdempotencyReplay(t *testing.T) {
 					wantOrders++
 				} else {
 					p := res.problem(t)
-					if len(p.Errors) != 1 || p.Errors[0].Parameter != "Idempotency-Key" {
-						t.Errorf("errors: got %+v, want one naming the Idempotency-Key parameter", p.Errors)
+					if len(p.Errors) != 1 || p.Errors[0].Header != "Idempotency-Key" {
+						t.Errorf("errors: got %+v, want one naming the Idempotency-Key header", p.Errors)
 					}
 				}
 				if got := ta.count("orders"); got != wantOrders {

@@ -6,8 +6,17 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+)
+
+// Imports are bounded so that several at once fit the memory the service is
+// deployed with: a body of at most maxImportBody bytes holding at most
+// maxImportRows rows, and at most maxImports imports at a time.
+const (
+	maxImportRows = 10_000
+	maxImports    = 2
 )
 
 // importBatch is an import's rows, read from a JSON array or a CSV file,
@@ -17,63 +26,84 @@ type importBatch[T any] struct {
 	csv   bool
 }
 
-// checker returns the checker for row i, so that errors name "#/3/phone" in
-// a JSON import and "row 4: phone ..." in a CSV one.
-func (b importBatch[T]) checker(i int) *checker {
-	if b.csv {
-		return &checker{row: i + 1}
-	}
-	return &checker{prefix: "#/" + strconv.Itoa(i)}
+// importResult answers a successful import.
+type importResult struct {
+	Imported int     `json:"imported"`
+	IDs      []int64 `json:"ids"`
 }
 
-// where names row i as errors do: "row 4" in CSV, "#/3" in JSON.
-func (b importBatch[T]) where(i int) string {
-	if b.csv {
-		return "row " + strconv.Itoa(i+1)
+// serveImport answers an import: it takes one of slots, reads the rows (a
+// JSON array of objects decoded like a single create, or CSV whose header row
+// names the same fields: columns lists them, fromCSV builds a row from a
+// record keyed by column), and has write check and store them, all or
+// nothing, telling the checker it gets of every problem.
+func serveImport[T any](w http.ResponseWriter, r *http.Request, slots chan struct{}, columns []string,
+	fromCSV func(map[string]string) T, write func(importBatch[T], *checker) ([]int64, error)) {
+	select {
+	case slots <- struct{}{}:
+		defer func() { <-slots }()
+	default:
+		fail(w, r, &requestError{status: http.StatusServiceUnavailable, detail: "too many imports are in progress; retry shortly"})
+		return
 	}
-	return "#/" + strconv.Itoa(i)
+	batch, err := readImport(w, r, columns, fromCSV)
+	if err == nil && len(batch.items) == 0 {
+		err = &validationError{detail: "the import holds no rows", fields: []fieldError{{Pointer: "#", Detail: "must hold at least one row"}}}
+	}
+	var ids []int64
+	if err == nil {
+		ids, err = write(batch, newChecker())
+	}
+	respond(w, r, http.StatusCreated, importResult{Imported: len(ids), IDs: ids}, err)
 }
 
-// validate runs check on every row and returns one validationError naming
-// every bad field of every row, or nil.
-func (b importBatch[T]) validate(check func(i int, item *T, c *checker)) error {
-	if len(b.items) == 0 {
-		return &validationError{detail: "the import holds no rows", fields: []fieldError{{Pointer: "#", Detail: "must hold at least one row"}}}
-	}
-	var all []fieldError
-	for i := range b.items {
-		c := b.checker(i)
-		check(i, &b.items[i], c)
-		all = append(all, c.fields...)
-	}
-	if len(all) > 0 {
-		return &validationError{detail: strconv.Itoa(len(all)) + " problems in the import; nothing was imported", fields: all}
-	}
-	return nil
-}
-
-// readImport reads an import body: a JSON array of objects decoded like a
-// single create, or CSV whose header row names the same fields. columns lists
-// the CSV columns allowed, fromCSV builds a row from a record keyed by column.
-func readImport[T any](w http.ResponseWriter, r *http.Request, columns []string, fromCSV func(rec map[string]string) T) (importBatch[T], error) {
+// readImport reads an import body of at most maxImportBody bytes and
+// maxImportRows rows, JSON elements one at a time.
+func readImport[T any](w http.ResponseWriter, r *http.Request, columns []string, fromCSV func(map[string]string) T) (importBatch[T], error) {
 	body := http.MaxBytesReader(w, r.Body, maxImportBody)
 	switch mediaType(r) {
 	case "application/json":
-		var raw []json.RawMessage
-		if err := decodeJSONBody(body, &raw); err != nil {
-			return importBatch[T]{}, err
-		}
-		b := importBatch[T]{items: make([]T, len(raw))}
-		for i, item := range raw {
-			if err := decodeJSONBody(strings.NewReader(string(item)), &b.items[i]); err != nil {
-				return b, inElement(err, i)
-			}
-		}
-		return b, nil
+		return readJSONArray[T](body)
 	case "text/csv":
 		return readCSV(body, columns, fromCSV)
 	}
 	return importBatch[T]{}, &requestError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json or text/csv"}
+}
+
+var errTooManyRows = &requestError{status: http.StatusRequestEntityTooLarge,
+	detail: "an import must not hold more than " + strconv.Itoa(maxImportRows) + " rows"}
+
+func readJSONArray[T any](body io.Reader) (importBatch[T], error) {
+	var b importBatch[T]
+	dec := json.NewDecoder(body)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		if err != nil {
+			return b, jsonError(err)
+		}
+		return b, &requestError{status: http.StatusBadRequest, detail: "the body must be a JSON array of objects",
+			fields: []fieldError{{Pointer: "#", Detail: "must be a JSON array"}}}
+	}
+	for i := 0; dec.More(); i++ {
+		if i == maxImportRows {
+			return b, errTooManyRows
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return b, jsonError(err)
+		}
+		var item T
+		if err := decodeStrict(raw, &item); err != nil {
+			return b, inElement(err, i)
+		}
+		b.items = append(b.items, item)
+	}
+	if _, err := dec.Token(); err != nil {
+		return b, jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return b, &requestError{status: http.StatusBadRequest, detail: "the body must hold a single JSON value"}
+	}
+	return b, nil
 }
 
 // inElement points a decoding error of array element i at that element.
@@ -90,11 +120,12 @@ func inElement(err error, i int) error {
 	return prefixed
 }
 
-func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[string]string) T) (importBatch[T], error) {
+func readCSV[T any](body io.Reader, columns []string, fromCSV func(map[string]string) T) (importBatch[T], error) {
 	b := importBatch[T]{csv: true}
 	cr := csv.NewReader(body)
 	cr.FieldsPerRecord = 0 // every row as wide as the header
 	cr.TrimLeadingSpace = true
+	cr.ReuseRecord = true
 	header, err := cr.Read()
 	if errors.Is(err, io.EOF) {
 		return b, &requestError{status: http.StatusBadRequest, detail: "the CSV must start with a header row: " + strings.Join(columns, ",")}
@@ -102,22 +133,26 @@ func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[strin
 	if err != nil {
 		return b, csvError(err)
 	}
+	header = slices.Clone(header)
 	for i, name := range header {
 		header[i] = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(name, "\ufeff")))
-		if !contains(columns, header[i]) {
+		if !slices.Contains(columns, header[i]) {
 			return b, &requestError{status: http.StatusBadRequest, detail: "unknown CSV column " + strconv.Quote(name) + "; columns are " + strings.Join(columns, ",")}
 		}
-		if contains(header[:i], header[i]) {
+		if slices.Contains(header[:i], header[i]) {
 			return b, &requestError{status: http.StatusBadRequest, detail: "CSV column " + strconv.Quote(name) + " appears twice"}
 		}
 	}
-	for row := 1; ; row++ {
+	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			return b, nil
 		}
 		if err != nil {
 			return b, csvError(err)
+		}
+		if len(b.items) == maxImportRows {
+			return b, errTooManyRows
 		}
 		fields := make(map[string]string, len(header))
 		for i, name := range header {
@@ -129,22 +164,15 @@ func readCSV[T any](body io.Reader, columns []string, fromCSV func(rec map[strin
 
 // csvError reports a CSV syntax error with its line, or a body too large.
 func csvError(err error) error {
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
+	var (
+		pe     *csv.ParseError
+		tooBig *http.MaxBytesError
+	)
+	switch {
+	case errors.As(err, &tooBig):
 		return jsonError(err)
-	}
-	var pe *csv.ParseError
-	if errors.As(err, &pe) {
+	case errors.As(err, &pe):
 		return &requestError{status: http.StatusBadRequest, detail: "malformed CSV on line " + strconv.Itoa(pe.Line) + ": " + pe.Err.Error()}
 	}
 	return &requestError{status: http.StatusBadRequest, detail: "malformed CSV: " + err.Error()}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -89,7 +89,11 @@ type smtpMailer struct {
 // newSMTPMailer returns a mailer sending as from, which must be a bare
 // address such as orders@example.com, through the relay cfg describes. Each
 // Send takes at most timeout, which must be positive.
-func newSMTPMailer(cfg smtpConfig, from string, timeout time.Duration) (*smtpMailer, error) {
+func newSMTPMailer(raw, from string, timeout time.Duration) (*smtpMailer, error) {
+	cfg, err := parseSMTPURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("SMTP_URL: %w", err)
+	}
 	if cfg.host == "" || cfg.port == "" {
 		return nil, errors.New("mail: SMTP config has no host or port")
 	}
@@ -97,7 +101,7 @@ func newSMTPMailer(cfg smtpConfig, from string, timeout time.Duration) (*smtpMai
 		return nil, errors.New("mail: SMTP timeout must be positive")
 	}
 	if err := checkAddress(from); err != nil {
-		return nil, fmt.Errorf("mail: sender %w", err)
+		return nil, fmt.Errorf("MAIL_FROM: mail: sender %w", err)
 	}
 	return &smtpMailer{
 		cfg:       cfg,
@@ -127,7 +131,11 @@ func checkAddress(addr string) error {
 // deadline, whichever is sooner; cancelling ctx aborts it. A recipient or
 // subject that could inject headers fails before anything is dialled. Every
 // failure is a *SendError, classified as classify describes.
-func (s *smtpMailer) Send(ctx context.Context, m Message) (string, error) {
+func (s *smtpMailer) Send(ctx context.Context, n notice) (string, error) {
+	m := struct {
+		OrderID           int64
+		To, Subject, Body string
+	}{n.OrderID, n.To, fmt.Sprintf("Order #%d placed", n.OrderID), mailText(n)}
 	msg, id, err := s.compose(m)
 	if err == nil {
 		err = s.deliver(ctx, m.To, msg)
@@ -140,7 +148,10 @@ func (s *smtpMailer) Send(ctx context.Context, m Message) (string, error) {
 
 // compose renders m as a MIME message with CRLF line endings and returns it
 // with its Message-ID. Its failures are permanent *SendErrors.
-func (s *smtpMailer) compose(m Message) ([]byte, string, error) {
+func (s *smtpMailer) compose(m struct {
+	OrderID           int64
+	To, Subject, Body string
+}) ([]byte, string, error) {
 	if err := checkAddress(m.To); err != nil {
 		return nil, "", &SendError{Permanent: true, Reason: "mail: recipient " + err.Error()}
 	}
@@ -283,4 +294,8 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 		e.Reason = strings.ReplaceAll(e.Reason, s.cfg.password, "xxxxx")
 	}
 	return e
+}
+
+func mailText(n notice) string {
+	return fmt.Sprintf("Dear %s,\n\nyour order #%d for %s (%s %s) has been placed.\n", n.Name, n.OrderID, n.Item, n.Currency, n.Amount)
 }

@@ -4,6 +4,8 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
@@ -35,84 +37,79 @@ func main() {
 
 // config is the service's configuration, read from the environment.
 type config struct {
-	databaseURL  string
-	port         string
-	issuer       string
-	audience     string
-	atUsername   string
-	atAPIKey     string
-	atSenderID   string
-	atBaseURL    string
-	smtpURL      string
-	mailFrom     string
-	notifyRules  string
-	logLevel     slog.Level
-	oidcPatience time.Duration // how long start-up waits for the provider
-	drain        time.Duration // how long shutdown waits for requests and sends
+	databaseURL    string
+	port           string
+	issuer         string
+	audiences      []string
+	atUsername     string
+	atAPIKey       string
+	atSenderID     string
+	atBaseURL      string
+	callbackSecret string
+	smtpURL        string
+	mailFrom       string
+	notifyRules    string
+	logLevel       slog.Level
+	patience       time.Duration // how long start-up waits for the database and the provider
+	drain          time.Duration // how long shutdown waits for requests and sends
 }
 
 // loadConfig reads and checks the environment. Its errors name the variable
 // and never include a secret.
 func loadConfig(getenv func(string) string) (config, error) {
 	c := config{
-		databaseURL:  getenv("DATABASE_URL"),
-		port:         or(getenv("PORT"), "8080"),
-		issuer:       getenv("OIDC_ISSUER_URL"),
-		audience:     getenv("OIDC_AUDIENCE"),
-		atUsername:   getenv("AT_USERNAME"),
-		atAPIKey:     getenv("AT_API_KEY"),
-		atSenderID:   getenv("AT_SENDER_ID"),
-		atBaseURL:    getenv("AT_BASE_URL"),
-		smtpURL:      getenv("SMTP_URL"),
-		mailFrom:     getenv("MAIL_FROM"),
-		notifyRules:  or(getenv("NOTIFY_RULES"), "*=sms"),
-		oidcPatience: 30 * time.Second,
-		drain:        25 * time.Second,
+		databaseURL:    getenv("DATABASE_URL"),
+		port:           cmp.Or(getenv("PORT"), "8080"),
+		issuer:         getenv("OIDC_ISSUER_URL"),
+		atUsername:     getenv("AT_USERNAME"),
+		atAPIKey:       getenv("AT_API_KEY"),
+		atSenderID:     getenv("AT_SENDER_ID"),
+		atBaseURL:      getenv("AT_BASE_URL"),
+		callbackSecret: getenv("AT_CALLBACK_SECRET"),
+		smtpURL:        getenv("SMTP_URL"),
+		mailFrom:       getenv("MAIL_FROM"),
+		notifyRules:    cmp.Or(getenv("NOTIFY_RULES"), "*=sms"),
+		patience:       30 * time.Second,
+		drain:          25 * time.Second,
 	}
-	if c.databaseURL == "" {
-		return c, errors.New("DATABASE_URL is required (postgres://user:pass@host:5432/db?sslmode=...)")
+	for a := range strings.SplitSeq(getenv("OIDC_AUDIENCE"), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.audiences = append(c.audiences, a)
+		}
 	}
-	if u, err := url.Parse(c.databaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
-		return c, errors.New("DATABASE_URL must be a postgres:// URL with a host")
+	if u, err := url.Parse(c.databaseURL); c.databaseURL == "" || err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+		return c, errors.New("DATABASE_URL must be a postgres:// URL with a host (postgres://user:pass@host:5432/db?sslmode=...)")
 	}
 	if p, err := strconv.Atoi(c.port); err != nil || p < 0 || p > 65535 {
 		return c, fmt.Errorf("PORT must be a TCP port number, not %q", c.port)
 	}
-	if c.issuer == "" {
-		return c, errors.New("OIDC_ISSUER_URL is required (the provider's issuer, e.g. https://login.example.com/realms/acme)")
-	}
 	if u, err := url.Parse(c.issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return c, fmt.Errorf("OIDC_ISSUER_URL must be an http(s) URL, not %q", c.issuer)
+		return c, errors.New("OIDC_ISSUER_URL must be the provider's issuer, an http(s) URL such as https://login.example.com/realms/acme")
 	}
-	if c.audience == "" {
-		return c, errors.New("OIDC_AUDIENCE is required (the aud this API's access tokens carry)")
+	if len(c.audiences) == 0 {
+		return c, errors.New("OIDC_AUDIENCE is required (the aud this API's access tokens carry; several may be given, comma-separated)")
 	}
 	if (c.atUsername == "") != (c.atAPIKey == "") {
 		return c, errors.New("AT_USERNAME and AT_API_KEY must be set together")
 	}
-	if c.atBaseURL == "" && c.atUsername != "" {
-		c.atBaseURL = atBaseURL(c.atUsername)
-	}
-	if c.atBaseURL != "" {
-		if u, err := url.Parse(c.atBaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return c, fmt.Errorf("AT_BASE_URL must be an http(s) URL, not %q", c.atBaseURL)
+	if c.atUsername != "" {
+		c.atBaseURL = cmp.Or(c.atBaseURL, atBaseURL(c.atUsername))
+		if err := checkATBaseURL(c.atBaseURL); err != nil {
+			return c, fmt.Errorf("AT_BASE_URL: %w", err)
 		}
+	}
+	if s := c.callbackSecret; s != "" && (len(s) < 16 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~") != "") {
+		return c, errors.New("AT_CALLBACK_SECRET must be at least 16 letters, digits, '-', '_', '.' or '~'")
 	}
 	if c.smtpURL != "" && c.mailFrom == "" {
 		return c, errors.New("MAIL_FROM is required when SMTP_URL is set")
 	}
-	switch strings.ToLower(or(getenv("LOG_LEVEL"), "info")) {
-	case "debug":
-		c.logLevel = slog.LevelDebug
-	case "info":
-		c.logLevel = slog.LevelInfo
-	case "warn":
-		c.logLevel = slog.LevelWarn
-	case "error":
-		c.logLevel = slog.LevelError
-	default:
+	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+	level, ok := levels[strings.ToLower(cmp.Or(getenv("LOG_LEVEL"), "info"))]
+	if !ok {
 		return c, fmt.Errorf("LOG_LEVEL must be debug, info, warn or error, not %q", getenv("LOG_LEVEL"))
 	}
+	c.logLevel = level
 	return c, nil
 }
 
@@ -149,37 +146,44 @@ type app struct {
 
 // newApp connects to the database, applies the schema, discovers the OIDC
 // provider and wires the notification channels.
-func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
-	st, err := openStore(ctx, cfg.databaseURL)
+func newApp(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error) {
+	st, err := openStore(cfg.databaseURL)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitForDatabase(ctx, st, 30*time.Second, log); err != nil {
-		st.close()
-		return nil, err
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
+	// A service started alongside its database waits for it rather than
+	// crash-looping.
+	err = retry(ctx, time.Now().Add(cfg.patience), func() error {
+		pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return st.ping(pingCtx)
+	}, func(err error, wait time.Duration) {
+		log.Warn("database not reachable; retrying", "error", err, "retry_in", wait.String())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: the database does not answer: %w", err)
 	}
 	if err := st.migrate(ctx); err != nil {
-		st.close()
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
-	auth, err := newAuthenticator(ctx, cfg.issuer, cfg.audience, &http.Client{Timeout: 10 * time.Second}, cfg.oidcPatience, log)
+	auth, err := newAuthenticator(ctx, cfg.issuer, cfg.audiences, &http.Client{Timeout: 10 * time.Second}, cfg.patience, log)
 	if err != nil {
-		st.close()
 		return nil, err
 	}
 	cs, err := newNotificationChannels(cfg, log)
 	if err != nil {
-		st.close()
 		return nil, err
 	}
 	w := newWorker(st.db, cs, log)
-	return &app{
-		cfg:    cfg,
-		log:    log,
-		store:  st,
-		worker: w,
-		server: &server{store: st, auth: auth, channels: cs, wake: w.wake, log: log, openapi: openapiYAML},
-	}, nil
+	return &app{cfg: cfg, log: log, store: st, worker: w, server: &server{
+		store: st, auth: auth, channels: cs, outbox: w, log: log, openapi: openapiYAML,
+		callbackSecret: cfg.callbackSecret, imports: make(chan struct{}, maxImports),
+	}}, nil
 }
 
 // newNotificationChannels registers every channel: the real provider where
@@ -193,56 +197,39 @@ func newNotificationChannels(cfg config, log *slog.Logger) (*channels, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = maxConcurrentSends
 	client := &http.Client{Timeout: 15 * time.Second, Transport: transport}
-	phone := func(c customer) string { return c.Phone }
-	email := func(c customer) string {
-		if c.Email == nil {
-			return ""
-		}
-		return *c.Email
-	}
 	if cfg.atUsername != "" {
-		cs.register("sms", newAfricasTalking(cfg.atBaseURL, cfg.atUsername, cfg.atAPIKey, cfg.atSenderID, client), phone)
+		cs.register("sms", newAfricasTalking(cfg.atBaseURL, cfg.atUsername, cfg.atAPIKey, cfg.atSenderID, client), "phone")
 	} else {
 		log.Warn("AT_USERNAME is not set: SMS notifications are written to the log, not sent")
-		cs.register("sms", logSender{channel: "sms", log: log}, phone)
+		cs.register("sms", logSender{channel: "sms", render: smsText, log: log}, "phone")
 	}
 	if cfg.smtpURL != "" {
-		smtpCfg, err := parseSMTPURL(cfg.smtpURL)
+		mailer, err := newSMTPMailer(cfg.smtpURL, cfg.mailFrom, 15*time.Second)
 		if err != nil {
-			return nil, fmt.Errorf("SMTP_URL: %w", err)
+			return nil, err
 		}
-		mailer, err := newSMTPMailer(smtpCfg, cfg.mailFrom, 15*time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("MAIL_FROM: %w", err)
-		}
-		cs.register("email", mailer, email)
+		cs.register("email", mailer, "email")
 	} else {
 		log.Warn("SMTP_URL is not set: e-mail notifications are written to the log, not sent")
-		cs.register("email", logSender{channel: "email", log: log}, email)
+		cs.register("email", logSender{channel: "email", render: mailText, log: log}, "email")
 	}
-	if err := cs.setRules(cfg.notifyRules); err != nil {
-		return nil, err
-	}
-	return cs, nil
+	return cs, cs.setRules(cfg.notifyRules)
 }
 
-// waitForDatabase pings until the database answers or patience runs out, so
-// that a service started alongside its database does not crash-loop.
-func waitForDatabase(ctx context.Context, st *store, patience time.Duration, log *slog.Logger) error {
-	deadline := time.Now().Add(patience)
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := st.ping(pingCtx)
-		cancel()
-		if err == nil {
-			return nil
+// retry calls try until it returns nil, ctx ends, or waiting again would
+// pass deadline, and returns the last error (ctx's error when ctx ended).
+// It waits 100 ms after the first failure, doubling up to 5 s, and tells
+// onRetry of each failure it will retry.
+func retry(ctx context.Context, deadline time.Time, try func() error, onRetry func(err error, wait time.Duration)) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := try()
+		if err == nil || time.Now().Add(wait).After(deadline) {
+			return err
 		}
-		if time.Now().Add(wait).After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("DATABASE_URL: the database does not answer: %w", err)
-		}
-		log.Warn("database not reachable; retrying", "error", err, "retry_in", wait.String())
+		onRetry(err, wait)
 		select {
 		case <-ctx.Done():
+			return ctx.Err()
 		case <-time.After(wait):
 		}
 	}
@@ -257,6 +244,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 		ReadTimeout:       30 * time.Second, // imports may be 32 MiB
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
@@ -266,7 +254,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 		a.worker.run(workerCtx, a.cfg.drain)
 	}()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- srv.Serve(nosniffListener{ln}) }()
 
 	var err error
 	select {
@@ -290,3 +278,42 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (a *app) close() { a.store.close() }
+
+// nosniffListener adds "X-Content-Type-Options: nosniff" to the plain-text
+// answers net/http writes on its own to requests it cannot parse (400, 431,
+// 501). They are written to the connection before any handler could run, so
+// the connection is the only place to reach them.
+type nosniffListener struct{ net.Listener }
+
+func (l nosniffListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return nosniffConn{c}, nil
+}
+
+type nosniffConn struct{ net.Conn }
+
+// serverErrorHeaders are the headers of net/http's own error answers.
+var serverErrorHeaders = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
+
+func (c nosniffConn) Write(b []byte) (int, error) {
+	if !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) || !bytes.Contains(b, serverErrorHeaders) {
+		return c.Conn.Write(b)
+	}
+	patched := bytes.Replace(b, serverErrorHeaders, []byte("\r\nX-Content-Type-Options: nosniff"+string(serverErrorHeaders)), 1)
+	if _, err := c.Conn.Write(patched); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// CloseWrite lets the server half-close, as it does before hanging up on a
+// request whose headers were too large.
+func (c nosniffConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

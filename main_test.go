@@ -27,12 +27,18 @@ func TestLoadConfig(t *testing.T) {
 		m[k] = v
 		return m
 	}
+	withAT := func(base string) map[string]string {
+		m := with("AT_USERNAME", "u")
+		m["AT_API_KEY"], m["AT_BASE_URL"] = "k", base
+		return m
+	}
 	cases := []struct {
 		name  string
 		env   map[string]string
 		names string // the variable the error must name; "" for success
 	}{
 		{"valid", valid, ""},
+		{"AT base in clear to loopback", withAT("http://127.0.0.1:9100"), ""},
 		{"no database", with("DATABASE_URL", ""), "DATABASE_URL"},
 		{"database not a URL", with("DATABASE_URL", "host=db user=u password=secret"), "DATABASE_URL"},
 		{"database wrong scheme", with("DATABASE_URL", "mysql://u:secret@db/app"), "DATABASE_URL"},
@@ -40,10 +46,15 @@ func TestLoadConfig(t *testing.T) {
 		{"port too big", with("PORT", "70000"), "PORT"},
 		{"no issuer", with("OIDC_ISSUER_URL", ""), "OIDC_ISSUER_URL"},
 		{"issuer not http", with("OIDC_ISSUER_URL", "login.example.com"), "OIDC_ISSUER_URL"},
+		{"issuer with credentials", with("OIDC_ISSUER_URL", "ftp://user:secret@login.example.com"), "OIDC_ISSUER_URL"},
 		{"no audience", with("OIDC_AUDIENCE", ""), "OIDC_AUDIENCE"},
+		{"only commas for audience", with("OIDC_AUDIENCE", " , ,"), "OIDC_AUDIENCE"},
 		{"AT key without user", with("AT_API_KEY", "secret"), "AT_USERNAME"},
 		{"AT user without key", with("AT_USERNAME", "acme"), "AT_API_KEY"},
-		{"bad AT base", map[string]string{"DATABASE_URL": valid["DATABASE_URL"], "OIDC_ISSUER_URL": valid["OIDC_ISSUER_URL"], "OIDC_AUDIENCE": "a", "AT_USERNAME": "u", "AT_API_KEY": "k", "AT_BASE_URL": "ftp://x"}, "AT_BASE_URL"},
+		{"bad AT base", withAT("ftp://x"), "AT_BASE_URL"},
+		{"AT base in clear to another host", withAT("http://user:secret@gateway.example.com"), "AT_BASE_URL"},
+		{"short callback secret", with("AT_CALLBACK_SECRET", "secret"), "AT_CALLBACK_SECRET"},
+		{"callback secret not URL-safe", with("AT_CALLBACK_SECRET", "secret/secret/secret"), "AT_CALLBACK_SECRET"},
 		{"SMTP without sender", with("SMTP_URL", "smtp://u:secret@mail:587"), "MAIL_FROM"},
 		{"bad log level", with("LOG_LEVEL", "loud"), "LOG_LEVEL"},
 	}
@@ -54,8 +65,8 @@ func TestLoadConfig(t *testing.T) {
 				if err != nil {
 					t.Fatalf("got %v, want no error", err)
 				}
-				if cfg.port != "8080" || cfg.notifyRules != "*=sms" || cfg.logLevel.String() != "INFO" {
-					t.Errorf("defaults: got port %q rules %q level %v", cfg.port, cfg.notifyRules, cfg.logLevel)
+				if cfg.port != "8080" || cfg.notifyRules != "*=sms" || cfg.logLevel.String() != "INFO" || len(cfg.audiences) != 1 {
+					t.Errorf("defaults: got port %q rules %q level %v audiences %q", cfg.port, cfg.notifyRules, cfg.logLevel, cfg.audiences)
 				}
 				return
 			}
@@ -73,12 +84,18 @@ func TestLoadConfig(t *testing.T) {
 	if cfg.atBaseURL != "https://api.sandbox.africastalking.com" {
 		t.Errorf("sandbox base URL: got %q", cfg.atBaseURL)
 	}
+	cfg, _ = loadConfig(func(k string) string {
+		return with("OIDC_AUDIENCE", " api://orders , 8f1c0d2e-0000-4000-8000-000000000001,")[k]
+	})
+	if strings.Join(cfg.audiences, "|") != "api://orders|8f1c0d2e-0000-4000-8000-000000000001" {
+		t.Errorf("audiences: got %q", cfg.audiences)
+	}
 }
 
 // Start-up refuses what it cannot use, naming the variable.
 func TestNewAppRefusesBadNotificationConfig(t *testing.T) {
-	iss := newTestIssuer(t)
-	base := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.srv.URL, "OIDC_AUDIENCE": iss.audience}
+	iss := newFakeOIDC(t)
+	base := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": iss.audience}
 	cases := map[string]map[string]string{
 		"NOTIFY_RULES": {"NOTIFY_RULES": "*=fax"},
 		"SMTP_URL":     {"SMTP_URL": "http://mail", "MAIL_FROM": "a@example.com"},
@@ -97,20 +114,20 @@ func TestNewAppRefusesBadNotificationConfig(t *testing.T) {
 			t.Errorf("%s: got %v, want an error naming it", name, err)
 		}
 	}
-	env := map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none", "OIDC_ISSUER_URL": iss.srv.URL, "OIDC_AUDIENCE": "a"}
-	cfg, _ := loadConfig(func(k string) string { return env[k] })
-	st, _ := openStore(t.Context(), cfg.databaseURL)
-	defer st.close()
-	if err := waitForDatabase(t.Context(), st, 300*time.Millisecond, discardLogger()); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
-		t.Errorf("unreachable database: got %v, want an error naming DATABASE_URL", err)
+	cfg, _ := loadConfig(func(k string) string {
+		return map[string]string{"DATABASE_URL": "postgres://nobody:secret@127.0.0.1:1/none", "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": "a"}[k]
+	})
+	cfg.patience = 300 * time.Millisecond
+	if _, err := newApp(t.Context(), cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") || strings.Contains(err.Error(), "secret") {
+		t.Errorf("unreachable database: got %v, want an error naming DATABASE_URL without the password", err)
 	}
 }
 
 // run starts the whole service from its environment on port 0, serves, and
 // on cancellation finishes the request in flight before returning.
 func TestRunServesAndShutsDownGracefully(t *testing.T) {
-	iss := newTestIssuer(t)
-	env := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.srv.URL, "OIDC_AUDIENCE": iss.audience, "PORT": "0"}
+	iss := newFakeOIDC(t)
+	env := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": iss.audience, "PORT": "0"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out, logs := io.Pipe()
@@ -204,22 +221,44 @@ func (b *slowBody) Read(p []byte) (int, error) {
 }
 
 // Several replicas starting at once apply the schema one at a time, and
-// applying it again changes nothing.
+// applying it again changes nothing in the catalog.
 func TestMigrateConcurrently(t *testing.T) {
 	url := testSchemaURL(t)
+	st, err := openStore(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	// The schema's tables, columns, constraints and indexes, with the
+	// identities (OIDs) that re-creating any of them would change.
+	catalog := func() string {
+		var got string
+		err := st.db.QueryRow(`
+			SELECT string_agg(format('%s %s %s %s', c.oid, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)), E'\n' ORDER BY c.relname, a.attnum)
+				|| (SELECT string_agg(format('%s %s %s', oid, conname, pg_get_constraintdef(oid)), E'\n' ORDER BY conname)
+					FROM pg_constraint WHERE connamespace = current_schema()::regnamespace)
+			FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+			WHERE c.relnamespace = current_schema()::regnamespace`).Scan(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if err := st.migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := catalog()
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
 	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st, err := openStore(t.Context(), url)
+		wg.Go(func() {
+			other, err := openStore(url)
 			if err == nil {
-				err = st.migrate(t.Context())
-				st.close()
+				err = other.migrate(t.Context())
+				other.close()
 			}
 			errs <- err
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -228,6 +267,10 @@ func TestMigrateConcurrently(t *testing.T) {
 			t.Errorf("migrate: %v", err)
 		}
 	}
+	if after := catalog(); after != before {
+		t.Errorf("applying the schema again changed the catalog:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if !strings.Contains(before, "notifications_status_known") || !strings.Contains(before, "delivered_at") {
+		t.Errorf("catalog lacks the notification statuses:\n%s", before)
+	}
 }
-
-func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

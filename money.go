@@ -71,15 +71,6 @@ func parseMoney(s string) (Money, error) {
 	return Money(units*100 + cents), nil
 }
 
-func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // String formats m with exactly two decimal places.
 func (m Money) String() string {
 	return string(m.appendTo(make([]byte, 0, 16)))

@@ -4,32 +4,38 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf16"
-	"unicode/utf8"
+	"time"
 )
 
-// Message is one notification ready for a channel's sender.
-type Message struct {
-	OrderID int64  // for logs and message ids
-	To      string // E.164 phone number for SMS, address for e-mail
-	Subject string // e-mail only
-	Body    string
+// notice is what a channel needs to tell a customer of an order; each
+// channel's sender renders its own message from it when it sends.
+type notice struct {
+	OrderID  int64
+	To       string // the recipient: an E.164 number for SMS, an address for e-mail
+	Name     string // the customer's name as stored
+	Item     string
+	Amount   Money
+	Currency string
+	Time     time.Time // the order's time, UTC
 }
 
-// Sender delivers messages on one channel.
+// Sender delivers notices on one channel.
 type Sender interface {
-	// Send delivers m and returns the provider's message id. A failure is a
-	// *SendError saying whether a later attempt could succeed.
-	Send(ctx context.Context, m Message) (providerID string, err error)
+	// Send delivers n and returns the provider's message id. A failure is a
+	// *SendError saying whether and when a later attempt could succeed.
+	Send(ctx context.Context, n notice) (providerID string, err error)
 }
 
-// SendError is a failed delivery: Reason is the provider's own words, safe to
-// store and show to staff; Permanent means retrying cannot help.
+// SendError is a failed delivery. Reason is the provider's own words, safe to
+// store and show to staff.
 type SendError struct {
-	Permanent bool
+	Permanent bool      // retrying cannot help
+	Uncertain bool      // the provider may have accepted the message: the request was written, no verdict came back
+	RetryAt   time.Time // when set, the earliest time a retry can succeed (a gateway's quiet hours)
 	Reason    string
 	Err       error
 }
@@ -38,10 +44,10 @@ func (e *SendError) Error() string { return e.Reason }
 func (e *SendError) Unwrap() error { return e.Err }
 
 // channel is a registered way to reach a customer: who delivers, and which of
-// the customer's addresses it uses ("" when the customer has none).
+// the customer's fields holds the address ("phone" or "email").
 type channel struct {
 	sender  Sender
-	address func(c customer) string
+	address string
 }
 
 // channels is the registry of notification channels and the rules that pick
@@ -64,8 +70,9 @@ func newChannels() *channels {
 	return &channels{byName: map[string]channel{}, rules: []notifyRule{{"*", "sms"}}}
 }
 
-// register makes sender the channel called name.
-func (cs *channels) register(name string, sender Sender, address func(customer) string) {
+// register makes sender the channel called name, reaching customers at the
+// customer field address.
+func (cs *channels) register(name string, sender Sender, address string) {
 	cs.byName[name] = channel{sender: sender, address: address}
 }
 
@@ -79,7 +86,7 @@ func (cs *channels) known(name string) bool {
 // match wins; an item no rule matches is not notified.
 func (cs *channels) setRules(spec string) error {
 	var rules []notifyRule
-	for _, part := range strings.Split(spec, ",") {
+	for part := range strings.SplitSeq(spec, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
@@ -101,23 +108,25 @@ func (cs *channels) setRules(spec string) error {
 	return nil
 }
 
+// names lists the channels an order may name, in a stable order.
 func (cs *channels) names() []string {
-	names := make([]string, 0, len(cs.byName)+1)
-	for n := range cs.byName {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return append(names, channelNone)
+	return append(slices.Sorted(maps.Keys(cs.byName)), channelNone)
 }
 
-// choose returns the channel the rules give item.
-func (cs *channels) choose(item string) string {
-	for _, r := range cs.rules {
-		if glob(r.pattern, item) {
-			return r.channel
+// route returns the channel an order goes out on and the customer field it is
+// addressed to: the order's own channel when it named one, else the rules'.
+func (cs *channels) route(item, named string) (name, address string) {
+	name = named
+	if name == "" {
+		name = channelNone
+		for _, r := range cs.rules {
+			if glob(r.pattern, item) {
+				name = r.channel
+				break
+			}
 		}
 	}
-	return channelNone
+	return name, cs.byName[name].address
 }
 
 // glob reports whether s matches pattern, where '*' matches any run of
@@ -139,130 +148,17 @@ func glob(pattern, s string) bool {
 	return false
 }
 
-// outboxRow decides how the customer hears of order o: the order's own
-// channel when it named one, else the rules. A rule whose channel the
-// customer cannot be reached on (e-mail without an address) falls back to
-// SMS, so no message is silently dropped; a channel the order named
-// explicitly must work, or the order is refused with the returned problem.
-func (cs *channels) outboxRow(d orderDraft, o order, c customer) (*outboxRow, string) {
-	name := d.Channel
-	if name == "" {
-		name = cs.choose(o.Item)
-	}
-	if name == channelNone {
-		return nil, ""
-	}
-	ch := cs.byName[name]
-	to := ch.address(c)
-	if to == "" && d.Channel != "" {
-		return nil, fmt.Sprintf("customer %s has no address for %s", c.Code, name)
-	}
-	if to == "" {
-		name, ch = "sms", cs.byName["sms"]
-		to = ch.address(c)
-	}
-	return &outboxRow{
-		channel:   name,
-		recipient: to,
-		subject:   fmt.Sprintf("Order #%d placed", o.ID),
-		message:   orderMessage(c, o),
-	}, ""
-}
-
-// smsSegment is what one SMS holds: 160 GSM-7 characters, or 70 when any
-// character needs UCS-2.
-const (
-	gsmSegment  = 160
-	ucs2Segment = 70
-)
-
-// orderMessage is the text a customer receives. It is shortened (the item
-// first, then the name) to fit one SMS segment where that is possible.
-func orderMessage(c customer, o order) string {
-	name, _, _ := strings.Cut(strings.TrimSpace(c.Name), " ")
-	item := o.Item
-	render := func() string {
-		return "Hi " + name + ", your order #" + strconv.FormatInt(o.ID, 10) + " for " + item + " (" +
-			o.Currency + " " + o.Amount.String() + ") has been placed. Thank you!"
-	}
-	msg := render()
-	for smsLength(msg) > segmentFor(msg) {
-		switch {
-		case utf8.RuneCountInString(item) > 12:
-			item = shorten(item, utf8.RuneCountInString(item)-(smsLength(msg)-segmentFor(msg))-3)
-		case utf8.RuneCountInString(name) > 12:
-			name = shorten(name, 12)
-		default:
-			return msg
-		}
-		msg = render()
-	}
-	return msg
-}
-
-// shorten cuts s to at most n runes (never fewer than 9) ending in "...".
-func shorten(s string, n int) string {
-	n = max(n, 9)
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n-3]) + "..."
-}
-
-// gsmBasic and gsmExtended are the GSM 03.38 alphabet: basic characters
-// take one septet, extended ones two. Text with any other character is sent
-// as UCS-2.
-const (
-	gsmBasic    = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-	gsmExtended = "^{}\\[~]|€\f"
-)
-
-var gsmBasicSet, gsmExtendedSet = runeSet(gsmBasic), runeSet(gsmExtended)
-
-func runeSet(s string) map[rune]bool {
-	set := make(map[rune]bool, len(s))
-	for _, r := range s {
-		set[r] = true
-	}
-	return set
-}
-
-// smsLength counts septets for GSM-7 text, UTF-16 code units otherwise.
-func smsLength(s string) int {
-	if segmentFor(s) == ucs2Segment {
-		return len(utf16.Encode([]rune(s)))
-	}
-	n := 0
-	for _, r := range s {
-		n++
-		if gsmExtendedSet[r] {
-			n++
-		}
-	}
-	return n
-}
-
-// segmentFor returns the single-segment limit for s's encoding.
-func segmentFor(s string) int {
-	for _, r := range s {
-		if !gsmBasicSet[r] && !gsmExtendedSet[r] {
-			return ucs2Segment
-		}
-	}
-	return gsmSegment
-}
-
 // logSender is the channel used when its provider is not configured: the
-// message goes to the log, so a local run needs no accounts and nothing is
-// dropped.
+// message it would send goes to the log, so a local run needs no accounts and
+// nothing is dropped.
 type logSender struct {
 	channel string
+	render  func(notice) string
 	log     *slog.Logger
 }
 
-func (l logSender) Send(ctx context.Context, m Message) (string, error) {
+func (l logSender) Send(ctx context.Context, n notice) (string, error) {
 	l.log.InfoContext(ctx, "notification written to the log (provider not configured)",
-		"channel", l.channel, "order_id", m.OrderID, "to", m.To, "subject", m.Subject, "body", m.Body)
-	return "log-" + strconv.FormatInt(m.OrderID, 10), nil
+		"channel", l.channel, "order_id", n.OrderID, "to", n.To, "message", l.render(n))
+	return "log-" + strconv.FormatInt(n.OrderID, 10), nil
 }

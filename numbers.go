@@ -33,7 +33,7 @@ type numberInput struct {
 func (in *numberInput) apply(n *phoneNumber, partial bool, c *checker) {
 	if in.Value.Set || !partial {
 		if d := checkNumberValue(in.Value.Value); d != "" {
-			c.add("value", "%s", d)
+			c.add("value", d)
 		} else {
 			n.Value = strings.TrimSpace(in.Value.Value)
 		}
@@ -49,13 +49,13 @@ func (in *numberInput) apply(n *phoneNumber, partial bool, c *checker) {
 	applyMoney(in.SetupPrice, "setupPrice", &n.SetupPrice, partial, c)
 	if in.Currency.Set || !partial {
 		if d := checkNumberCurrency(in.Currency.Value); d != "" {
-			c.add("currency", "%s", d)
+			c.add("currency", d)
 		} else {
 			n.Currency = in.Currency.Value
 		}
 	}
 	if partial && !in.Value.Set && !monthly.set && !in.SetupPrice.set && !in.Currency.Set {
-		c.fields = append(c.fields, fieldError{Pointer: "#", Detail: "must set at least one of value, monthyPrice, setupPrice, currency"})
+		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of value, monthyPrice, setupPrice, currency"})
 	}
 }
 
@@ -70,7 +70,7 @@ func applyMoney(in moneyInput, name string, dst *Money, partial bool, c *checker
 	}
 	m, err := parseMoney(in.text)
 	if err != nil {
-		c.add(name, "%s", err.Error())
+		c.add(name, err.Error())
 		return
 	}
 	*dst = m
@@ -105,30 +105,30 @@ func checkNumberCurrency(s string) string {
 }
 
 func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
-	var in numberInput
-	if err := decodeJSON(w, r, maxBody, &in); err != nil {
-		fail(w, r, err)
-		return
+	var (
+		in numberInput
+		n  phoneNumber
+	)
+	err := decodeJSON(w, r, &in)
+	if err == nil {
+		c := newChecker()
+		in.apply(&n, false, c)
+		err = c.err()
 	}
-	var n phoneNumber
-	c := newChecker()
-	in.apply(&n, false, c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
-	}
-	created, err := s.store.createNumber(r.Context(), n, subject(r))
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	w.Header().Set("Location", "/v1/numbers/"+strconv.FormatInt(created.ID, 10))
-	writeJSON(w, http.StatusCreated, created)
+	created, err := s.store.createNumber(r.Context(), n, subject(r))
+	if err == nil {
+		w.Header().Set("Location", "/v1/numbers/"+strconv.FormatInt(created.ID, 10))
+	}
+	respond(w, r, http.StatusCreated, created, err)
 }
 
 func (s *server) handleListNumbers(w http.ResponseWriter, r *http.Request) {
 	c := newChecker()
-	p := parsePage(r.URL.Query(), 'n', false, c)
+	p := parsePage(r.URL.Query(), 'n', c)
 	if err := c.err(); err != nil {
 		fail(w, r, err)
 		return
@@ -142,20 +142,14 @@ func (s *server) handleListNumbers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleGetNumber(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err == nil {
-		var n phoneNumber
-		if n, err = s.store.getNumber(r.Context(), id); err == nil {
-			writeJSON(w, http.StatusOK, n)
-			return
-		}
-	}
-	fail(w, r, err)
+	n, err := withID(r, s.store.getNumber)
+	respond(w, r, http.StatusOK, n, err)
 }
 
 func (s *server) handleReplaceNumber(w http.ResponseWriter, r *http.Request) {
 	s.updateNumber(w, r, false)
 }
+
 func (s *server) handlePatchNumber(w http.ResponseWriter, r *http.Request) {
 	s.updateNumber(w, r, true)
 }
@@ -164,31 +158,21 @@ func (s *server) handlePatchNumber(w http.ResponseWriter, r *http.Request) {
 // required) and PATCH. The body is checked before the row is read, so a bad
 // body answers 422 for a number that does not exist as well as one that does.
 func (s *server) updateNumber(w http.ResponseWriter, r *http.Request, partial bool) {
-	id, err := pathID(r)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
 	var in numberInput
-	if err := decodeJSON(w, r, maxBody, &in); err != nil {
-		fail(w, r, err)
-		return
+	id, err := pathID(r)
+	if err == nil {
+		err = decodeJSON(w, r, &in)
 	}
-	c := newChecker()
-	in.apply(&phoneNumber{}, partial, c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
+	if err == nil {
+		c := newChecker()
+		in.apply(&phoneNumber{}, partial, c)
+		err = c.err()
 	}
-	updated, err := s.store.updateNumber(r.Context(), id, func(n *phoneNumber) error {
-		in.apply(n, partial, newChecker())
-		return nil
-	})
-	if err != nil {
-		fail(w, r, err)
-		return
+	var updated phoneNumber
+	if err == nil {
+		updated, err = s.store.updateNumber(r.Context(), id, func(n *phoneNumber) { in.apply(n, partial, newChecker()) })
 	}
-	writeJSON(w, http.StatusOK, updated)
+	respond(w, r, http.StatusOK, updated, err)
 }
 
 func (s *server) handleDeleteNumber(w http.ResponseWriter, r *http.Request) {
@@ -196,9 +180,5 @@ func (s *server) handleDeleteNumber(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = s.store.deleteNumber(r.Context(), id)
 	}
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	respond(w, r, http.StatusNoContent, nil, err)
 }

@@ -3,9 +3,13 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -24,11 +28,12 @@ type order struct {
 
 // notificationView is the delivery state of an order's notification.
 type notificationView struct {
-	Channel   string     `json:"channel"`
-	Status    string     `json:"status"`
-	Attempts  int        `json:"attempts"`
-	LastError *string    `json:"last_error"`
-	SentAt    *time.Time `json:"sent_at"`
+	Channel     string     `json:"channel"`
+	Status      string     `json:"status"`
+	Attempts    int        `json:"attempts"`
+	LastError   *string    `json:"last_error"`
+	SentAt      *time.Time `json:"sent_at"`
+	DeliveredAt *time.Time `json:"delivered_at"`
 }
 
 // orderInput is the body of POST /v1/orders and one row of an import.
@@ -42,168 +47,195 @@ type orderInput struct {
 	Channel      *string    `json:"channel"`
 }
 
-// orderDraft is a checked order waiting for its customer to be found.
-type orderDraft struct {
-	CustomerID   int64  // 0 when the order names its customer by code
-	CustomerCode string // "" when it names it by id
-	Item         string
-	Amount       Money
-	Currency     string
-	Time         time.Time
-	Channel      string // "" means: as NOTIFY_RULES say
-}
-
-// draft checks in and returns the order it describes; now is the default time.
-func (in *orderInput) draft(now time.Time, channelKnown func(string) bool, c *checker) orderDraft {
-	d := orderDraft{Item: in.Item, Currency: "KES", Time: now}
+// check reports to c every rule in breaks and returns the order it asks for;
+// now is the default time. Where a field is bad the order holds a placeholder,
+// never sent to the store but to find its customer.
+func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
+	o := newOrder{item: in.Item, currency: "KES", time: now.UTC().Truncate(time.Microsecond)}
 	switch {
 	case in.CustomerID != nil && in.CustomerCode != nil:
 		c.add("customer_code", "must not be given together with customer_id")
+	case in.CustomerID != nil && *in.CustomerID <= 0:
+		c.add("customer_id", "must be a positive integer")
 	case in.CustomerID != nil:
-		if *in.CustomerID <= 0 {
-			c.add("customer_id", "must be a positive integer")
-		}
-		d.CustomerID = *in.CustomerID
-	case in.CustomerCode != nil:
-		if msg := checkCode(*in.CustomerCode); msg != "" {
-			c.add("customer_code", "%s", msg)
-		}
-		d.CustomerCode = *in.CustomerCode
-	default:
+		o.customerID = *in.CustomerID
+	case in.CustomerCode == nil:
 		c.add("customer_id", "is required (or give customer_code)")
+	case checkCode(*in.CustomerCode) != "":
+		c.add("customer_code", checkCode(*in.CustomerCode))
+	default:
+		o.customerCode = *in.CustomerCode
 	}
-	if msg := checkText(in.Item, 200); msg != "" {
-		c.add("item", "%s", msg)
+	if d := checkText(in.Item, 200); d != "" {
+		c.add("item", d)
 	}
 	if !in.Amount.set {
 		c.add("amount", "is required")
 	} else if m, err := parseMoney(in.Amount.text); err != nil {
-		c.add("amount", "%s", err.Error())
+		c.add("amount", err.Error())
 	} else {
-		d.Amount = m
+		o.amount = m
 	}
 	if in.Currency != nil {
-		if msg := checkCurrency(*in.Currency); msg != "" {
-			c.add("currency", "%s", msg)
+		if d := checkCurrency(*in.Currency); d != "" {
+			c.add("currency", d)
 		}
-		d.Currency = *in.Currency
+		o.currency = *in.Currency
 	}
 	if in.Time != nil {
-		t, err := time.Parse(time.RFC3339Nano, *in.Time)
-		if err != nil {
-			c.add("time", "must be an RFC 3339 time such as 2026-11-21T09:30:00Z")
+		var d string
+		if o.time, d = parseTime(*in.Time); d != "" {
+			c.add("time", d)
 		}
-		d.Time = t
 	}
-	// PostgreSQL keeps microseconds; trimming here makes the answer to a create
-	// match every later read.
-	d.Time = d.Time.UTC().Truncate(time.Microsecond)
+	named := ""
 	if in.Channel != nil {
-		if !channelKnown(*in.Channel) {
-			c.add("channel", "must be one of sms, email, none")
+		if named = *in.Channel; !cs.known(named) {
+			c.add("channel", "must be one of "+strings.Join(cs.names(), ", "))
+			named = channelNone
 		}
-		d.Channel = *in.Channel
 	}
-	return d
+	o.channel, o.address = cs.route(o.item, named)
+	o.explicit = named != ""
+	return o
 }
 
-// customerField returns the field naming the draft's customer and the error
-// for a customer that does not exist, for checker.add.
-func (d orderDraft) customerField() (string, string, any) {
-	if d.CustomerCode != "" {
-		return "customer_code", "no customer has code %q", d.CustomerCode
-	}
-	return "customer_id", "no customer has id %d", d.CustomerID
-}
-
-// fingerprint identifies a request for Idempotency-Key by the order it
-// describes once checked: the amount's value, the currency with its default,
-// the time as an instant. A time or channel left out stays left out (the
-// server's "now" and rules are not part of the request), and naming the
+// fingerprint identifies a request for Idempotency-Key by the order it asks
+// for once checked: the amount's value, the currency with its default, the
+// time as an instant. What the client left to the server stays left out
+// (the server's "now" and rules are not part of the request), and naming the
 // customer by id or by code are different requests.
-func (d orderDraft) fingerprint(timeGiven bool) []byte {
-	at := ""
-	if timeGiven {
-		at = d.Time.Format(time.RFC3339Nano)
+func (in *orderInput) fingerprint(o newOrder) []byte {
+	at, named := "", ""
+	if in.Time != nil {
+		at = o.time.Format(time.RFC3339Nano)
 	}
-	b, _ := json.Marshal([]any{d.CustomerID, d.CustomerCode, d.Item, int64(d.Amount), d.Currency, at, d.Channel})
+	if in.Channel != nil {
+		named = o.channel
+	}
+	b, _ := json.Marshal([]any{o.customerID, o.customerCode, o.item, int64(o.amount), o.currency, at, named})
 	sum := sha256.Sum256(b)
 	return sum[:]
 }
 
+// idempotencyKey returns the request's Idempotency-Key ("" when it has none);
+// c learns what is wrong with a key that is not 1 to 255 printable characters.
+func idempotencyKey(r *http.Request, c *checker) string {
+	keys := r.Header.Values("Idempotency-Key")
+	if len(keys) == 0 {
+		return ""
+	}
+	key := keys[0]
+	ok := len(keys) == 1 && key != "" && utf8.ValidString(key) && utf8.RuneCountInString(key) <= 255
+	for _, r := range key {
+		ok = ok && unicode.IsPrint(r)
+	}
+	if !ok {
+		c.addError(fieldError{Header: "Idempotency-Key", Detail: "Idempotency-Key must be one header of 1 to 255 printable characters"})
+	}
+	return key
+}
+
 func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
-	key := r.Header.Get("Idempotency-Key")
-	if _, given := r.Header["Idempotency-Key"]; given && (key == "" || utf8.RuneCountInString(key) > 255) {
-		fail(w, r, &validationError{fields: []fieldError{{Parameter: "Idempotency-Key", Detail: "Idempotency-Key must be 1 to 255 characters"}}})
-		return
-	}
-	var in orderInput
-	if err := decodeJSON(w, r, maxBody, &in); err != nil {
-		fail(w, r, err)
-		return
-	}
 	c := newChecker()
-	d := in.draft(time.Now(), s.channels.known, c)
-	if err := c.err(); err != nil {
+	key := idempotencyKey(r, c)
+	var in orderInput
+	if err := decodeJSON(w, r, &in); err != nil {
 		fail(w, r, err)
 		return
 	}
-	p := placement{by: subject(r), drafts: []orderDraft{d}, outbox: s.channels.outboxRow, at: func(int) *checker { return c }}
-	if key != "" {
-		p.idempotency = &idempotency{key: key, fingerprint: d.fingerprint(in.Time != nil)}
+	o := in.check(time.Now(), s.channels, c)
+	p := placement{by: subject(r), orders: []newOrder{o}, checkOnly: c.total > 0}
+	if key != "" && c.total == 0 {
+		p.key, p.fingerprint = key, in.fingerprint(o)
 	}
-	placed, replayed, err := s.store.placeOrders(r.Context(), p)
+	placed, err := s.place(r, p, c, func(int) {})
+	if errors.Is(err, errKeyReused) {
+		err = &validationError{detail: "this Idempotency-Key was used with a different request",
+			fields: []fieldError{{Header: "Idempotency-Key", Detail: "this Idempotency-Key was used with a different request body"}}}
+	}
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	if !replayed && placed[0].Notification != nil {
-		s.wake()
+	if placed.replayOf != 0 {
+		replayed, err := s.store.getOrder(r.Context(), placed.replayOf)
+		w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(placed.replayOf, 10))
+		respond(w, r, http.StatusCreated, replayed, err)
+		return
 	}
-	w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(placed[0].ID, 10))
-	writeJSON(w, http.StatusCreated, placed[0])
+	created := order{ID: placed.ids[0], CustomerID: placed.customerIDs[0], Item: o.item, Amount: o.amount,
+		Currency: o.currency, Time: o.time, CreatedBy: p.by}
+	if ch := placed.channels[0]; ch != channelNone {
+		created.Notification = &notificationView{Channel: ch, Status: "pending"}
+		s.outbox.wake()
+	}
+	w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(created.ID, 10))
+	writeJSON(w, r, http.StatusCreated, created)
+}
+
+// place hands p to the store and adds what it could not place to the errors
+// c already holds; locate(i) moves c to order i. It returns the first error
+// of the lot, or what was placed.
+func (s *server) place(r *http.Request, p placement, c *checker, locate func(i int)) (placedOrders, error) {
+	placed, err := s.store.placeOrders(r.Context(), p)
+	var unplaced *unplacedError
+	if errors.As(err, &unplaced) {
+		for _, u := range unplaced.orders {
+			locate(u.index)
+			o := p.orders[u.index]
+			switch {
+			case !u.customerFound && o.customerCode != "":
+				c.add("customer_code", fmt.Sprintf("no customer has code %q", o.customerCode))
+			case !u.customerFound:
+				c.add("customer_id", fmt.Sprintf("no customer has id %d", o.customerID))
+			default:
+				c.add("channel", "cannot be "+o.channel+": the customer has no "+o.address)
+			}
+		}
+		err = nil
+	}
+	if err == nil {
+		err = c.err()
+	}
+	return placed, err
 }
 
 func (s *server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	c := newChecker()
-	p := parsePage(q, 'o', true, c)
+	p := parsePage(q, 'o', c)
 	var f orderFilter
-	if v := q.Get("customer_id"); q.Has("customer_id") {
-		id, err := strconv.ParseInt(v, 10, 64)
+	if q.Has("customer_id") {
+		id, err := strconv.ParseInt(q.Get("customer_id"), 10, 64)
 		if err != nil || id <= 0 {
-			c.fields = append(c.fields, fieldError{Parameter: "customer_id", Detail: "customer_id must be a positive integer"})
+			c.addError(fieldError{Parameter: "customer_id", Detail: "customer_id must be a positive integer"})
 		}
 		f.customerID = id
 	}
 	if q.Has("customer_code") {
 		f.customerCode = q.Get("customer_code")
-		if msg := checkCode(f.customerCode); msg != "" {
-			c.fields = append(c.fields, fieldError{Parameter: "customer_code", Detail: "customer_code " + msg})
+		if d := checkCode(f.customerCode); d != "" {
+			c.addError(fieldError{Parameter: "customer_code", Detail: "customer_code " + d})
 		}
 	}
 	if err := c.err(); err != nil {
 		fail(w, r, err)
 		return
 	}
-	os, err := s.store.listOrders(r.Context(), f, p)
+	orders, err := s.store.listOrders(r.Context(), f, p)
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	writePage(w, r, os, p.limit, func(o order) cursor { return cursor{Kind: 'o', Time: o.Time, ID: o.ID} })
+	writePage(w, r, orders, p.limit, orderCursor)
 }
 
+func orderCursor(o order) cursor { return cursor{Kind: 'o', Time: o.Time, ID: o.ID} }
+
 func (s *server) handleGetOrder(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err == nil {
-		var o order
-		if o, err = s.store.getOrder(r.Context(), id); err == nil {
-			writeJSON(w, http.StatusOK, o)
-			return
-		}
-	}
-	fail(w, r, err)
+	o, err := withID(r, s.store.getOrder)
+	respond(w, r, http.StatusOK, o, err)
 }
 
 func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
@@ -211,76 +243,48 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("notify"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			fail(w, r, &validationError{fields: []fieldError{{Parameter: "notify", Detail: "notify must be true or false"}}})
+			fail(w, r, &validationError{detail: "notify must be true or false", fields: []fieldError{{Parameter: "notify", Detail: "notify must be true or false"}}})
 			return
 		}
 		notify = b
 	}
 	columns := []string{"customer_id", "customer_code", "item", "amount", "currency", "time", "channel"}
-	batch, err := readImport(w, r, columns, orderFromCSV)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	now := time.Now()
-	drafts := make([]orderDraft, len(batch.items))
-	check := func(i int, in *orderInput, c *checker) { drafts[i] = in.draft(now, s.channels.known, c) }
-	if err := batch.validate(check); err != nil {
-		// Name unknown customers in the same answer as the other bad rows, so
-		// that one round trip shows everything wrong with the file.
-		unknown, lookupErr := s.store.unknownCustomers(r.Context(), drafts)
-		if lookupErr != nil {
-			fail(w, r, lookupErr)
-			return
-		}
-		fail(w, r, batch.validate(func(i int, in *orderInput, c *checker) {
-			check(i, in, c)
-			if unknown[i] {
-				c.add(drafts[i].customerField())
+	serveImport(w, r, s.imports, columns, orderFromCSV, func(batch importBatch[orderInput], c *checker) ([]int64, error) {
+		p := placement{by: subject(r), orders: make([]newOrder, len(batch.items))}
+		now := time.Now()
+		for i := range batch.items {
+			c.at(i, batch.csv)
+			p.orders[i] = batch.items[i].check(now, s.channels, c)
+			if !notify {
+				p.orders[i].channel, p.orders[i].address = channelNone, ""
 			}
-		}))
-		return
-	}
-	p := placement{by: subject(r), drafts: drafts, at: batch.checker}
-	if notify {
-		p.outbox = s.channels.outboxRow
-	}
-	placed, _, err := s.store.placeOrders(r.Context(), p)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	if notify {
-		s.wake()
-	}
-	ids := make([]int64, len(placed))
-	for i, o := range placed {
-		ids[i] = o.ID
-	}
-	writeJSON(w, http.StatusCreated, importResult{Imported: len(ids), IDs: ids})
+		}
+		p.checkOnly = c.total > 0
+		placed, err := s.place(r, p, c, func(i int) { c.at(i, batch.csv) })
+		if err == nil && notify {
+			s.outbox.wake()
+		}
+		return placed.ids, err
+	})
 }
 
 // orderFromCSV turns a CSV record into the input a JSON row would give;
 // empty cells are absent fields.
 func orderFromCSV(rec map[string]string) orderInput {
-	in := orderInput{Item: rec["item"]}
-	if v := rec["customer_id"]; v != "" {
-		id, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			id = -1 // reported by draft as not a positive integer
-		}
-		in.CustomerID = &id
-	}
-	optionalCell := func(name string) *string {
+	cell := func(name string) *string {
 		if v := rec[name]; v != "" {
 			return &v
 		}
 		return nil
 	}
-	in.CustomerCode = optionalCell("customer_code")
-	in.Currency = optionalCell("currency")
-	in.Time = optionalCell("time")
-	in.Channel = optionalCell("channel")
+	in := orderInput{Item: rec["item"], CustomerCode: cell("customer_code"), Currency: cell("currency"), Time: cell("time"), Channel: cell("channel")}
+	if v := cell("customer_id"); v != nil {
+		id, err := strconv.ParseInt(*v, 10, 64)
+		if err != nil {
+			id = -1 // reported by check as not a positive integer
+		}
+		in.CustomerID = &id
+	}
 	if v, ok := rec["amount"]; ok {
 		in.Amount = moneyInput{text: v, set: true}
 	}

@@ -2,36 +2,48 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"database/sql"
 	"errors"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
 
-// worker delivers the outbox. Each round it claims due rows with FOR UPDATE
-// SKIP LOCKED, which commits at once and moves the rows past a lease, so that
-// replicas never claim the same row and a worker that dies leaves rows that
-// fall due again when the lease ends. Sends happen outside any transaction,
-// with no connection held, up to a bounded number at once.
+// worker delivers the outbox, and holds the outbox's SQL. Each round it
+// claims due rows with FOR UPDATE SKIP LOCKED, which commits at once and
+// moves the rows past a short lease, so that replicas never claim the same
+// row. Sends happen outside any transaction, with no connection held, up to
+// a bounded number at once, while a heartbeat renews the leases of the rows
+// in flight. The rows of a worker that dies fall due again within a lease; a
+// worker that cannot renew a lease cancels that send before the lease ends,
+// so that no two live workers ever send one row.
 //
 // A message can be sent twice in one case only: the provider accepted it and
-// the worker died (or lost the database) before recording that, so the row
-// falls due again after the lease.
+// the worker died, lost the database or had the send cancelled before it
+// recorded that, so the row fell due again.
 type worker struct {
 	db       *sql.DB
 	channels *channels
 	log      *slog.Logger
 
-	poll        time.Duration // how often to look for rows committed by other replicas
-	lease       time.Duration // how long a claim lasts; longer than any send
-	sendTimeout time.Duration
-	concurrency int
-	maxAttempts int
-	backoff     func(attempt int) time.Duration
+	poll         time.Duration // how often to look for rows committed by other replicas
+	lease        time.Duration // how long a claim lasts unless renewed
+	heartbeat    time.Duration // how often the leases of rows in flight are renewed
+	sendTimeout  time.Duration
+	concurrency  int
+	maxAttempts  int // for failures that prove the message was not delivered
+	maxUncertain int // for failures after which it may have been: fewer, as each retry may duplicate it
+	backoff      func(attempt int) time.Duration
 
 	wakeup chan struct{}
+
+	mu       sync.Mutex
+	inFlight map[int64]*claimed // by notification id: claimed, and the outcome not yet recorded
 }
 
 // maxConcurrentSends bounds the sends under way in one process; providers'
@@ -40,16 +52,19 @@ const maxConcurrentSends = 64
 
 func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 	return &worker{
-		db:          db,
-		channels:    cs,
-		log:         log,
-		poll:        500 * time.Millisecond,
-		lease:       2 * time.Minute,
-		sendTimeout: 30 * time.Second,
-		concurrency: maxConcurrentSends,
-		maxAttempts: 20,
-		backoff:     backoff,
-		wakeup:      make(chan struct{}, 1),
+		db:           db,
+		channels:     cs,
+		log:          log,
+		poll:         500 * time.Millisecond,
+		lease:        8 * time.Second,
+		heartbeat:    2 * time.Second,
+		sendTimeout:  30 * time.Second,
+		concurrency:  maxConcurrentSends,
+		maxAttempts:  20,
+		maxUncertain: 3,
+		backoff:      backoff,
+		wakeup:       make(chan struct{}, 1),
+		inFlight:     map[int64]*claimed{},
 	}
 }
 
@@ -70,13 +85,14 @@ func (w *worker) wake() {
 	}
 }
 
-// claimed is an outbox row a worker has leased.
+// claimed is an outbox row a worker has leased, with what its sender needs.
 type claimed struct {
-	id        int64
-	attempts  int
-	channel   string
-	msg       Message
-	claimedAt time.Time // when the lease began, by this process's clock
+	id       int64
+	attempts int
+	channel  string
+	notice   notice
+	leaseEnd time.Time          // by this process's clock, no later than the lease the database holds
+	cancel   context.CancelFunc // stops the send, when the lease cannot be renewed
 }
 
 // run delivers until ctx ends, then waits up to drain for sends under way and
@@ -85,74 +101,56 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 	// Sends and their bookkeeping outlive ctx by up to drain, so that a
 	// shutdown finishes what it started instead of leaving leases to expire.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelSends()
-	slots := make(chan struct{}, w.concurrency)
-	freed := make(chan struct{}, 1) // a send finished while every slot was busy
-	var inFlight sync.WaitGroup
+	slots := make(chan struct{}, w.concurrency) // one per send not yet recorded
 	outcomes := make(chan outcome, w.concurrency)
-	recorded := make(chan struct{})
-	go func() { defer close(recorded); w.record(sendCtx, outcomes) }()
+	var recording, renewing sync.WaitGroup
+	recording.Go(func() { w.record(sendCtx, outcomes, slots) })
+	renewing.Go(func() { w.renewLeases(sendCtx) })
 	defer func() {
-		done := make(chan struct{})
-		go func() { inFlight.Wait(); close(done) }()
+		drained := make(chan struct{})
+		go func() {
+			for range w.concurrency {
+				slots <- struct{}{}
+			}
+			close(drained)
+		}()
 		select {
-		case <-done:
+		case <-drained:
 		case <-time.After(drain):
 			w.log.Warn("shutdown: sends still under way were cancelled; they will be retried after their lease")
 			cancelSends()
-			<-done
+			<-drained
 		}
 		close(outcomes)
-		<-recorded
+		recording.Wait()
+		cancelSends()
+		renewing.Wait()
 	}()
+	w.purgeIdempotencyKeys(ctx)
 	// Keys are purged at start and hourly, so that replicas restarted more
 	// often than hourly still purge.
-	w.purgeIdempotencyKeys(ctx)
 	housekeeping := time.NewTicker(time.Hour)
 	defer housekeeping.Stop()
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	for {
 		free := w.concurrency - len(slots)
-		var rows []claimed
-		if free > 0 {
-			var err error
-			rows, err = w.claim(ctx, free)
-			if err != nil && ctx.Err() == nil {
-				w.log.Error("outbox: claim failed", "error", err)
-			}
+		rows, err := w.claim(ctx, free)
+		if err != nil && ctx.Err() == nil {
+			w.log.Error("outbox: claim failed", "error", err)
 		}
 		for _, c := range rows {
 			slots <- struct{}{}
-			inFlight.Add(1)
-			go func() {
-				o := w.send(sendCtx, c)
-				// The slot is freed once the outcome is recorded, so that no
-				// more than concurrency sends are ever accepted but unrecorded
-				// (the messages a crash could send twice).
-				o.release = func() {
-					<-slots
-					inFlight.Done()
-					select {
-					case freed <- struct{}{}:
-					default:
-					}
-				}
-				outcomes <- o
-			}()
+			ctx := w.takeOff(sendCtx, c)
+			go func() { outcomes <- w.send(ctx, c) }()
 		}
 		if len(rows) == free && free > 0 {
 			continue // there may be more due rows
-		}
-		var whenFreed <-chan struct{}
-		if len(slots) == w.concurrency {
-			whenFreed = freed
 		}
 		poll.Reset(w.poll)
 		select {
 		case <-ctx.Done():
 			return
-		case <-whenFreed:
 		case <-w.wakeup:
 		case <-poll.C:
 		case <-housekeeping.C:
@@ -161,139 +159,151 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 	}
 }
 
-// claim leases up to n due rows. The statement commits on its own, so the
-// claim is visible to every replica before any message leaves.
-func (w *worker) claim(ctx context.Context, n int) ([]claimed, error) {
-	claimedAt := time.Now()
+// claim leases up to n due rows, with what their senders need to render the
+// message. The statement commits on its own, so the claim is visible to every
+// replica before any message leaves.
+func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	leaseEnd := time.Now().Add(w.lease)
 	rows, err := w.db.QueryContext(ctx, `
 		UPDATE notifications n
-		SET attempts = n.attempts + 1,
-		    locked_until = now() + make_interval(secs => $2),
-		    next_attempt_at = now() + make_interval(secs => $2)
+		SET attempts = n.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
 		FROM (
 			SELECT id FROM notifications
 			WHERE status = 'pending' AND next_attempt_at <= now()
 			ORDER BY next_attempt_at
 			LIMIT $1
 			FOR UPDATE SKIP LOCKED
-		) due
-		WHERE n.id = due.id
-		RETURNING n.id, n.attempts, n.channel, n.order_id, n.recipient, n.subject, n.message`,
+		) due, orders o, customers c
+		WHERE n.id = due.id AND o.id = n.order_id AND c.id = o.customer_id
+		RETURNING n.id, n.attempts, n.channel, n.recipient, o.id, c.name, o.item, o.amount, o.currency, o.time`,
 		n, w.lease.Seconds())
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []claimed
-	for rows.Next() {
-		c := claimed{claimedAt: claimedAt}
-		if err := rows.Scan(&c.id, &c.attempts, &c.channel, &c.msg.OrderID, &c.msg.To, &c.msg.Subject, &c.msg.Body); err != nil {
-			return nil, err
+	return collect(rows, err, func(row scanner) (*claimed, error) {
+		c := &claimed{leaseEnd: leaseEnd}
+		err := row.Scan(&c.id, &c.attempts, &c.channel, &c.notice.To, &c.notice.OrderID, &c.notice.Name,
+			&c.notice.Item, &c.notice.Amount, &c.notice.Currency, &c.notice.Time)
+		c.notice.Time = c.notice.Time.UTC()
+		return c, err
+	})
+}
+
+// takeOff puts a claimed row in flight: its lease is renewed from now on, and
+// the context its send gets ends if the lease could not be.
+func (w *worker) takeOff(sendCtx context.Context, c *claimed) context.Context {
+	ctx, cancel := context.WithCancel(sendCtx)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c.cancel = cancel
+	w.inFlight[c.id] = c
+	return ctx
+}
+
+// renewLeases extends, every heartbeat, the leases of the rows in flight.
+// When renewing fails for so long that a lease could end before the next
+// heartbeat, it cancels that row's send: another worker may claim the row
+// then, and must not find this one still sending it.
+func (w *worker) renewLeases(ctx context.Context) {
+	tick := time.NewTicker(w.heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
-		out = append(out, c)
+		w.mu.Lock()
+		flights := slices.Collect(maps.Values(w.inFlight))
+		w.mu.Unlock()
+		ids, attempts := make([]int64, len(flights)), make([]int64, len(flights))
+		for i, c := range flights {
+			ids[i], attempts[i] = c.id, int64(c.attempts)
+		}
+		leaseEnd := time.Now().Add(w.lease)
+		_, err := w.db.ExecContext(ctx, `
+			UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $3)
+			FROM unnest($1::bigint[], $2::int[]) AS f (id, attempts)
+			WHERE n.id = f.id AND n.attempts = f.attempts AND n.status = 'pending'`,
+			ids, attempts, w.lease.Seconds())
+		w.mu.Lock()
+		for _, c := range flights {
+			switch {
+			case err == nil:
+				c.leaseEnd = leaseEnd
+			case time.Until(c.leaseEnd) < w.heartbeat:
+				w.log.Error("outbox: lease renewal failed; cancelling the send before the lease ends", "notification_id", c.id, "error", err)
+				c.cancel()
+			}
+		}
+		w.mu.Unlock()
 	}
-	return out, rows.Err()
 }
 
 // outcome is what became of one send.
 type outcome struct {
-	claimed
+	*claimed
 	status     string // sent, failed, or pending for a retry after retryIn
 	providerID string
 	err        error
 	retryIn    time.Duration
-	release    func() // called once the outcome is recorded (or given up)
 }
 
-// send delivers one claimed row and decides its outcome: sent, a retry after
-// backoff, or failed after a permanent error or the last attempt.
-func (w *worker) send(ctx context.Context, c claimed) outcome {
+// send delivers one claimed row and decides its outcome: sent; a retry after
+// backoff (or after the time the provider named); or failed, after a
+// permanent error or the last attempt, which comes sooner when a failure
+// leaves the message possibly delivered.
+func (w *worker) send(ctx context.Context, c *claimed) outcome {
 	o := outcome{claimed: c, status: "sent"}
-	ch, ok := w.channels.byName[c.channel]
-	if !ok {
-		o.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
-	} else {
-		sendCtx, cancel := context.WithTimeout(ctx, w.sendTimeout)
-		o.providerID, o.err = ch.sender.Send(sendCtx, c.msg)
+	if ch, ok := w.channels.byName[c.channel]; ok {
+		ctx, cancel := context.WithTimeout(ctx, w.sendTimeout)
+		o.providerID, o.err = ch.sender.Send(ctx, c.notice)
 		cancel()
+	} else {
+		o.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
 	}
 	var se *SendError
+	errors.As(o.err, &se)
 	switch {
 	case o.err == nil:
-	case errors.As(o.err, &se) && se.Permanent, c.attempts >= w.maxAttempts:
+	case se != nil && se.Permanent, c.attempts >= w.maxAttempts:
 		o.status = "failed"
+	case se != nil && se.Uncertain && c.attempts >= w.maxUncertain:
+		o.status = "failed"
+		o.err = &SendError{Reason: se.Reason + "; not retried again, as the provider may have accepted it", Err: se}
 	default:
 		o.status = "pending"
 		o.retryIn = w.backoff(c.attempts)
+		if se != nil {
+			o.retryIn = max(o.retryIn, time.Until(se.RetryAt))
+		}
 	}
 	return o
 }
 
-// deliver sends one claimed row and records its outcome at once.
-func (w *worker) deliver(ctx context.Context, c claimed) {
-	w.recordBatch(ctx, []outcome{w.send(ctx, c)})
-}
-
 // record writes outcomes as they come, each write taking every outcome
 // already waiting, so that under load one statement records many sends.
-// Retries of a failed write stop when ctx ends (the shutdown's drain time).
-func (w *worker) record(ctx context.Context, outcomes <-chan outcome) {
+// A send's slot is freed once its outcome is recorded, so that no more than
+// concurrency sends are ever accepted but unrecorded (the messages a crash
+// could send twice).
+func (w *worker) record(ctx context.Context, outcomes <-chan outcome, slots <-chan struct{}) {
 	for o := range outcomes {
 		batch := []outcome{o}
-	gather:
-		for len(batch) < 256 {
-			select {
-			case more, ok := <-outcomes:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, more)
-			default:
-				break gather
-			}
+		for len(batch) < 256 && len(outcomes) > 0 {
+			batch = append(batch, <-outcomes)
 		}
 		w.recordBatch(ctx, batch)
+		w.mu.Lock()
 		for _, o := range batch {
-			o.release()
+			if o.cancel != nil {
+				o.cancel()
+			}
+			delete(w.inFlight, o.id)
+			<-slots
 		}
+		w.mu.Unlock()
+		w.wake() // slots are free for due rows
 	}
-}
-
-// applyOutcomes runs the guarded update once and returns the ids it applied to.
-func (w *worker) applyOutcomes(ids, attempts []int64, statuses, providerIDs, lastErrors []string, retryIn []float64) (map[int64]bool, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	applied := make(map[int64]bool, len(ids))
-	rows, err := w.db.QueryContext(ctx, `
-		UPDATE notifications n SET
-			status = u.status,
-			sent_at = CASE WHEN u.status = 'sent' THEN now() END,
-			provider_message_id = NULLIF(u.provider_id, ''),
-			last_error = NULLIF(u.last_error, ''),
-			next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.retry_in) ELSE n.next_attempt_at END,
-			locked_until = NULL
-		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
-			AS u (id, attempts, status, provider_id, last_error, retry_in)
-		WHERE n.id = u.id AND n.attempts = u.attempts
-		RETURNING n.id`, ids, attempts, statuses, providerIDs, lastErrors, retryIn)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		applied[id] = true
-	}
-	return applied, rows.Err()
-}
-
-var outcomeMessages = map[string]string{
-	"sent":    "notification sent",
-	"failed":  "notification failed",
-	"pending": "notification will be retried",
 }
 
 // recordBatch stores outcomes in one statement. An outcome applies only if
@@ -305,62 +315,57 @@ func (w *worker) recordBatch(ctx context.Context, batch []outcome) {
 	n := len(batch)
 	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
 	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)
+	deadline := time.Now().Add(w.lease)
+	w.mu.Lock()
 	for i, o := range batch {
 		ids[i], attempts[i], statuses[i], providerIDs[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.providerID, o.retryIn.Seconds()
 		if o.err != nil {
 			lastErrors[i] = o.err.Error()
 		}
-	}
-	// The update is guarded by the attempt number, so repeating it is safe;
-	// it is retried through a database restart, because the process still
-	// knows these outcomes and dropping one would resend a delivered message
-	// when its lease ends. The retries stop well before any lease can.
-	deadline := batch[0].claimedAt
-	for _, o := range batch {
-		if o.claimedAt.Before(deadline) {
-			deadline = o.claimedAt
+		if o.leaseEnd.Before(deadline) {
+			deadline = o.leaseEnd
 		}
 	}
-	deadline = deadline.Add(w.lease * 3 / 4)
-	var (
-		applied map[int64]bool
-		err     error
-	)
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		applied, err = w.applyOutcomes(ids, attempts, statuses, providerIDs, lastErrors, retryIn)
-		if err == nil || time.Now().Add(wait).After(deadline) {
-			break
-		}
+	w.mu.Unlock()
+	// The update is guarded by the attempt number, so repeating it is safe.
+	// It is retried through a database restart, because the process still
+	// knows these outcomes and dropping one would resend a delivered message;
+	// the heartbeat keeps the rows leased meanwhile, and retrying stops when
+	// a lease could end.
+	var applied []int64
+	err := retry(ctx, deadline, func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		rows, err := w.db.QueryContext(ctx, `
+			UPDATE notifications n SET
+				status = u.status,
+				sent_at = CASE WHEN u.status = 'sent' THEN now() END,
+				provider_message_id = NULLIF(u.provider_id, ''),
+				last_error = NULLIF(u.last_error, ''),
+				next_attempt_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.retry_in) ELSE n.next_attempt_at END
+			FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
+				AS u (id, attempts, status, provider_id, last_error, retry_in)
+			WHERE n.id = u.id AND n.attempts = u.attempts
+			RETURNING n.id`, ids, attempts, statuses, providerIDs, lastErrors, retryIn)
+		applied, err = collect(rows, err, func(row scanner) (id int64, err error) { return id, row.Scan(&id) })
+		return err
+	}, func(err error, wait time.Duration) {
 		w.log.Warn("outbox: recording outcomes failed; retrying", "error", err, "outcomes", n, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-			continue
-		}
-		break
-	}
+	})
 	for _, o := range batch {
-		log := w.log.With("notification_id", o.id, "order_id", o.msg.OrderID, "channel", o.channel, "attempt", o.attempts)
-		what := outcomeMessages[o.status]
-		switch {
-		case o.status == "sent":
-			log = log.With("provider_id", o.providerID)
-		case o.status == "pending":
-			log = log.With("error", o.err, "retry_in", o.retryIn.String())
-		default:
-			log = log.With("error", o.err)
+		level, msg := slog.LevelInfo, "notification "+o.status
+		attrs := []any{"notification_id", o.id, "order_id", o.notice.OrderID, "channel", o.channel, "attempt", o.attempts, "provider_id", o.providerID}
+		if o.err != nil {
+			level, attrs = slog.LevelWarn, append(attrs, "error", o.err.Error(), "retry_in", o.retryIn.String())
 		}
 		switch {
 		case err != nil:
-			log.Error(what+"; recording it failed, so the row falls due again after its lease", "record_error", err)
-		case !applied[o.id]:
+			level, msg, attrs = slog.LevelError, msg+"; recording it failed, so the row falls due again after its lease", append(attrs, "record_error", err.Error())
+		case !slices.Contains(applied, o.id):
 			// If both workers sent, this is the one duplicate the design allows.
-			log.Warn(what + ", but the lease had passed to another worker; outcome discarded")
-		case o.status == "sent":
-			log.Info(what)
-		default:
-			log.Warn(what)
+			level, msg = slog.LevelWarn, msg+", but the lease had passed to another worker; outcome discarded"
 		}
+		w.log.Log(ctx, level, msg, attrs...)
 	}
 }
 
@@ -370,4 +375,44 @@ func (w *worker) purgeIdempotencyKeys(ctx context.Context) {
 	if _, err := w.db.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - interval '48 hours'`); err != nil {
 		w.log.Error("purging idempotency keys failed", "error", err)
 	}
+}
+
+// report applies a delivery report to the SMS it describes, if it was sent
+// and has no final report yet; a report of an unknown message changes
+// nothing.
+func (w *worker) report(ctx context.Context, r deliveryReport) error {
+	if r.status == "" {
+		return nil
+	}
+	_, err := w.db.ExecContext(ctx, `
+		UPDATE notifications SET
+			status = $2,
+			delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,
+			last_error = CASE WHEN $2 = 'undelivered' THEN $3 ELSE last_error END
+		WHERE provider_message_id = $1 AND channel = 'sms' AND status = 'sent'`,
+		r.providerID, r.status, r.reason)
+	return err
+}
+
+// handleDeliveryReport takes Africa's Talking's delivery-report callback. The
+// secret in the path is the only credential the gateway can present, so any
+// other value, or none configured, is an unknown path. A well-formed report
+// is answered 200, even for an unknown message, so that the gateway stops
+// sending it.
+func (s *server) handleDeliveryReport(w http.ResponseWriter, r *http.Request) {
+	if s.callbackSecret == "" || subtle.ConstantTimeCompare([]byte(r.PathValue("secret")), []byte(s.callbackSecret)) != 1 {
+		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" /hooks/africastalking/…", nil)
+		return
+	}
+	var err error
+	if mediaType(r) != "application/x-www-form-urlencoded" {
+		err = &requestError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/x-www-form-urlencoded"}
+	} else if r.Body = http.MaxBytesReader(w, r.Body, 64<<10); r.ParseForm() != nil {
+		err = &requestError{status: http.StatusBadRequest, detail: "the body is not a form of at most 64 KiB"}
+	} else if report, perr := parseDeliveryReport(r.PostForm); perr != nil {
+		err = &requestError{status: http.StatusBadRequest, detail: perr.Error()}
+	} else {
+		err = s.outbox.report(r.Context(), report)
+	}
+	respond(w, r, http.StatusOK, map[string]string{"status": "recorded"}, err)
 }

@@ -17,9 +17,9 @@ const (
 	maxLimit     = 100
 )
 
-// cursor is the position after which the next page starts. Lists ordered by
-// id use ID alone; lists ordered newest first also use Time. Kind ties a
-// cursor to the list that issued it.
+// cursor is the position after which the next page starts. Kind ties a
+// cursor to the list that issued it: 'c' customers and 'n' numbers, ordered
+// by id; 'o' orders, ordered newest first, so their cursors also hold Time.
 type cursor struct {
 	Kind byte
 	Time time.Time
@@ -30,7 +30,7 @@ type cursor struct {
 func (c cursor) encode() string {
 	b := make([]byte, 0, 40)
 	b = append(b, c.Kind, '.')
-	if !c.Time.IsZero() {
+	if c.Kind == 'o' {
 		b = strconv.AppendInt(b, c.Time.UnixMicro(), 36)
 		b = append(b, '.')
 	}
@@ -38,35 +38,27 @@ func (c cursor) encode() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// decodeCursor parses a cursor issued for a list of the given kind; withTime
-// says whether that list's cursors carry a time.
-func decodeCursor(s string, kind byte, withTime bool) (cursor, bool) {
+// decodeCursor parses a cursor issued for a list of the given kind. It
+// accepts every cursor encode can write for a stored row, and nothing that
+// would make PostgreSQL fail: times from year 1 to 9999, positive ids.
+func decodeCursor(s string, kind byte) (cursor, bool) {
 	raw, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil || len(raw) < 3 || raw[0] != kind || raw[1] != '.' {
 		return cursor{}, false
 	}
-	parts := strings.Split(string(raw[2:]), ".")
 	c := cursor{Kind: kind}
-	if withTime {
-		if len(parts) != 2 {
+	rest := string(raw[2:])
+	if kind == 'o' {
+		micros, id, ok := strings.Cut(rest, ".")
+		n, err := strconv.ParseInt(micros, 36, 64)
+		c.Time = time.UnixMicro(n).UTC()
+		if !ok || err != nil || c.Time.Year() < 1 || c.Time.Year() > 9999 {
 			return cursor{}, false
 		}
-		micros, err := strconv.ParseInt(parts[0], 36, 64)
-		if err != nil {
-			return cursor{}, false
-		}
-		c.Time = time.UnixMicro(micros).UTC()
-		parts = parts[1:]
+		rest = id
 	}
-	if len(parts) != 1 {
-		return cursor{}, false
-	}
-	id, err := strconv.ParseInt(parts[0], 36, 64)
-	if err != nil || id <= 0 {
-		return cursor{}, false
-	}
-	c.ID = id
-	return c, true
+	c.ID, err = strconv.ParseInt(rest, 36, 64)
+	return c, err == nil && c.ID > 0
 }
 
 // pageRequest is a list's limit and the cursor to start after (nil for the
@@ -76,21 +68,29 @@ type pageRequest struct {
 	after *cursor
 }
 
+// afterID is the id the page starts after, 0 for the first page.
+func (p pageRequest) afterID() int64 {
+	if p.after == nil {
+		return 0
+	}
+	return p.after.ID
+}
+
 // parsePage reads limit and after from q; c collects what is wrong with them.
-func parsePage(q url.Values, kind byte, withTime bool, c *checker) pageRequest {
+func parsePage(q url.Values, kind byte, c *checker) pageRequest {
 	p := pageRequest{limit: defaultLimit}
 	if v := q.Get("limit"); v != "" || q.Has("limit") {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxLimit {
-			c.fields = append(c.fields, fieldError{Parameter: "limit", Detail: "limit must be an integer from 1 to 100"})
+			c.addError(fieldError{Parameter: "limit", Detail: "limit must be an integer from 1 to 100"})
 		} else {
 			p.limit = n
 		}
 	}
 	if q.Has("after") {
-		cur, ok := decodeCursor(q.Get("after"), kind, withTime)
+		cur, ok := decodeCursor(q.Get("after"), kind)
 		if !ok {
-			c.fields = append(c.fields, fieldError{Parameter: "after", Detail: "after must be a next_cursor value returned by this list"})
+			c.addError(fieldError{Parameter: "after", Detail: "after must be a next_cursor value returned by this list"})
 		} else {
 			p.after = &cur
 		}
@@ -120,5 +120,5 @@ func writePage[T any](w http.ResponseWriter, r *http.Request, rows []T, limit in
 		q.Set("limit", strconv.Itoa(limit))
 		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 	}
-	writeJSON(w, http.StatusOK, page)
+	writeJSON(w, r, http.StatusOK, page)
 }

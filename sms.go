@@ -70,8 +70,8 @@ type atRecipient struct {
 // acceptance, not delivery to the handset. Every failure is a *SendError whose
 // Reason never contains the API key. Cancelling ctx aborts the request and
 // yields a retryable error wrapping the context's error.
-func (a *africasTalking) Send(ctx context.Context, m Message) (string, error) {
-	req, err := a.newRequest(ctx, m)
+func (a *africasTalking) Send(ctx context.Context, n notice) (string, error) {
+	req, err := a.newRequest(ctx, n)
 	if err != nil {
 		// Only a malformed base URL gets here, and resending cannot fix it.
 		return "", a.fail(true, "africastalking: building request: "+err.Error(), err)
@@ -126,11 +126,11 @@ func (a *africasTalking) Send(ctx context.Context, m Message) (string, error) {
 }
 
 // newRequest builds the form-encoded POST that sends m.
-func (a *africasTalking) newRequest(ctx context.Context, m Message) (*http.Request, error) {
+func (a *africasTalking) newRequest(ctx context.Context, n notice) (*http.Request, error) {
 	form := url.Values{
 		"username": {a.username},
-		"to":       {m.To},
-		"message":  {m.Body},
+		"to":       {n.To},
+		"message":  {smsText(n)},
 	}
 	if a.senderID != "" {
 		form.Set("from", a.senderID)
@@ -207,4 +207,40 @@ func (a *africasTalking) redact(s string) string {
 // fail returns a *SendError with the API key redacted from reason.
 func (a *africasTalking) fail(permanent bool, reason string, err error) *SendError {
 	return &SendError{Permanent: permanent, Reason: a.redact(reason), Err: err}
+}
+
+func smsText(n notice) string {
+	name, _, _ := strings.Cut(strings.TrimSpace(n.Name), " ")
+	return "Hi " + name + ", your order #" + fmt.Sprint(n.OrderID) + " for " + n.Item + " (" + n.Currency + " " + n.Amount.String() + ") has been placed. Thank you!"
+}
+
+func checkATBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("must be an http(s) URL")
+	}
+	return nil
+}
+
+type deliveryReport struct {
+	providerID string
+	status     string
+	reason     string
+}
+
+func parseDeliveryReport(form url.Values) (deliveryReport, error) {
+	r := deliveryReport{providerID: form.Get("id")}
+	switch st := form.Get("status"); st {
+	case "Success":
+		r.status = "delivered"
+	case "Failed", "Rejected", "AbsentSubscriber", "Expired":
+		r.status, r.reason = "undelivered", st+": "+form.Get("failureReason")
+	case "Sent", "Submitted", "Buffered":
+	default:
+		return r, fmt.Errorf("unknown status")
+	}
+	if r.providerID == "" {
+		return r, fmt.Errorf("no id")
+	}
+	return r, nil
 }

@@ -19,40 +19,38 @@ import (
 // once per order.
 const orderSelect = `
 	SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
-	       n.channel, n.status, n.attempts, n.last_error, n.sent_at
+	       n.channel, n.status, n.attempts, n.last_error, n.sent_at, n.delivered_at
 	FROM orders o
 	LEFT JOIN LATERAL (
-		SELECT channel, status, attempts, last_error, sent_at FROM notifications
+		SELECT channel, status, attempts, last_error, sent_at, delivered_at FROM notifications
 		WHERE order_id = o.id LIMIT 1
 	) n ON true`
 
-func scanOrder(row interface{ Scan(...any) error }) (order, error) {
+func scanOrder(row scanner) (order, error) {
 	var (
 		o        order
 		channel  sql.NullString
 		status   sql.NullString
 		attempts sql.NullInt64
-		lastErr  sql.NullString
-		sentAt   sql.NullTime
+		n        notificationView
 	)
 	err := row.Scan(&o.ID, &o.CustomerID, &o.Item, &o.Amount, &o.Currency, &o.Time, &o.CreatedBy,
-		&channel, &status, &attempts, &lastErr, &sentAt)
-	if errors.Is(err, sql.ErrNoRows) {
-		return o, errNotFound
-	}
+		&channel, &status, &attempts, &n.LastError, &n.SentAt, &n.DeliveredAt)
 	o.Time = o.Time.UTC()
 	if channel.Valid {
-		n := &notificationView{Channel: channel.String, Status: status.String, Attempts: int(attempts.Int64)}
-		if lastErr.Valid {
-			n.LastError = &lastErr.String
-		}
-		if sentAt.Valid {
-			t := sentAt.Time.UTC()
-			n.SentAt = &t
-		}
-		o.Notification = n
+		n.Channel, n.Status, n.Attempts = channel.String, status.String, int(attempts.Int64)
+		n.SentAt, n.DeliveredAt = utc(n.SentAt), utc(n.DeliveredAt)
+		o.Notification = &n
 	}
-	return o, err
+	return o, notFound(err)
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 // getOrder returns one order with its notification, or errNotFound.
@@ -93,268 +91,180 @@ func (s *store) listOrders(ctx context.Context, f orderFilter, p pageRequest) ([
 	}
 	query += " ORDER BY o.time DESC, o.id DESC LIMIT " + arg(p.limit+1)
 	rows, err := s.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var os []order
-	for rows.Next() {
-		o, err := scanOrder(rows)
-		if err != nil {
-			return nil, err
-		}
-		os = append(os, o)
-	}
-	return os, rows.Err()
+	return collect(rows, err, scanOrder)
 }
 
-// placement is a request to place orders: one from POST /v1/orders, many
-// from an import.
+// newOrder is an order to place, checked.
+type newOrder struct {
+	customerID   int64  // 0 when the order names its customer by code
+	customerCode string // "" when it names it by id
+	item         string
+	amount       Money
+	currency     string
+	time         time.Time
+	channel      string // the channel to notify on, channelNone for none
+	address      string // the customer field the channel sends to: "phone", "email"
+	explicit     bool   // the order named its channel, so it must reach the customer on it
+}
+
+// placement is a request to place orders, all or none: one from POST
+// /v1/orders, many from an import.
 type placement struct {
 	by     string
-	drafts []orderDraft
-	// outbox returns the notification to queue for a placed order, nil for
-	// none, or a validationError's detail for the channel field. A nil
-	// outbox queues nothing (an import with notify=false).
-	outbox func(d orderDraft, o order, c customer) (*outboxRow, string)
-	// at returns the checker that names draft i in errors.
-	at          func(i int) *checker
-	idempotency *idempotency
-}
-
-// idempotency is a client's Idempotency-Key and the fingerprint of the
-// request that came with it.
-type idempotency struct {
+	orders []newOrder
+	// checkOnly asks only which orders could not be placed, for a request
+	// that is refused anyway.
+	checkOnly bool
+	// key and fingerprint are the request's Idempotency-Key, "" for none,
+	// and the checked request's fingerprint.
 	key         string
 	fingerprint []byte
 }
 
-// outboxRow is a notification waiting in the outbox.
-type outboxRow struct {
-	orderID                              int64
-	channel, recipient, subject, message string
+// placedOrders is what placeOrders did: for each order in input order, its
+// id, its customer's id and the channel it will be notified on; or, when the
+// idempotency key was used before for the same request, that order's id.
+type placedOrders struct {
+	ids, customerIDs []int64
+	channels         []string
+	replayOf         int64
 }
 
-// placeOrders is the one way orders come into being. It finds each order's
-// customer, then inserts the orders and queues their notifications in one
-// statement, so an order is never stored without its notification nor a
-// notification sent for an order that does not exist. With an idempotency
-// key the whole runs in a transaction that also records the key; a key
-// already used for the same request returns that order and replayed true,
-// for a different request a validationError.
-func (s *store) placeOrders(ctx context.Context, p placement) (placed []order, replayed bool, err error) {
-	if p.idempotency == nil {
-		placed, err = insertOrders(ctx, s.db, p)
-		return placed, false, err
+// unplacedError reports the orders that cannot be placed.
+type unplacedError struct{ orders []unplaced }
+
+// unplaced is an order that names a customer that does not exist, or whose
+// customer cannot be reached on the channel it names.
+type unplaced struct {
+	index         int
+	customerFound bool
+}
+
+func (e *unplacedError) Error() string {
+	return strconv.Itoa(len(e.orders)) + " orders cannot be placed"
+}
+
+// errKeyReused is an idempotency key used before with a different request.
+var errKeyReused = errors.New("the idempotency key was used for a different request")
+
+// placeSQL places orders in one statement, so one round trip: it finds each
+// order's customer (by id or code) and its address on the order's channel
+// (falling back to SMS when a rule chose a channel the customer has no
+// address for), and only when every order can be placed (and an idempotency
+// key, if given, was not used before) inserts the orders, their outbox rows
+// and the key. A statement is atomic, so an order never exists without its
+// notification, nor a notification without its order. It answers one row per
+// order, in input order, saying what became of it.
+const placeSQL = `
+WITH input AS (
+	SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[],
+		$7::text[], $8::text[], $9::bool[])
+		WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
+), found AS (
+	SELECT i.*, c.id AS found_id, c.phone, i.channel = 'none' AS silent,
+		CASE i.address WHEN 'phone' THEN c.phone WHEN 'email' THEN c.email END AS address_found
+	FROM input i LEFT JOIN customers c ON c.id = i.customer_id OR c.code = i.customer_code
+), routed AS MATERIALIZED (
+	SELECT n, item, amount, currency, time, found_id AS customer_id, silent,
+		CASE WHEN address_found IS NULL AND NOT explicit THEN 'sms' ELSE channel END AS channel,
+		COALESCE(address_found, CASE WHEN NOT explicit THEN phone END) AS recipient,
+		nextval('orders_id_seq') AS id
+	FROM found
+), verdict AS (
+	SELECT NOT $10 AND bool_and(customer_id IS NOT NULL AND (silent OR recipient IS NOT NULL)) AS ok FROM routed
+), key AS (
+	INSERT INTO idempotency_keys (subject, key, request_hash, order_id)
+	SELECT $11, $12, $13, (SELECT id FROM routed WHERE n = 1) FROM verdict WHERE ok AND $12 <> ''
+	ON CONFLICT DO NOTHING
+	RETURNING order_id
+), placed AS (
+	INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
+	SELECT id, customer_id, item, amount, currency, time, $11 FROM routed
+	WHERE (SELECT ok FROM verdict) AND ($12 = '' OR EXISTS (SELECT FROM key))
+	RETURNING id
+), queued AS (
+	INSERT INTO notifications (order_id, channel, recipient)
+	SELECT id, channel, recipient FROM routed WHERE NOT silent AND id IN (SELECT id FROM placed)
+)
+SELECT r.customer_id, r.silent OR r.recipient IS NOT NULL, CASE WHEN r.silent THEN 'none' ELSE r.channel END,
+	p.id, (SELECT ok FROM verdict)
+FROM routed r LEFT JOIN placed p USING (id)
+ORDER BY r.n`
+
+// placeOrders is the one way orders come into being: all of p's orders or
+// none, in one statement. It returns an unplacedError naming the orders that
+// name an unknown customer or one that their channel cannot reach, and
+// errKeyReused for a key used before with a different request; a key used
+// before for the same request returns that request's order in replayOf.
+func (s *store) placeOrders(ctx context.Context, p placement) (placedOrders, error) {
+	n := len(p.orders)
+	// Column by column, for unnest.
+	customerIDs, times, explicit := make([]int64, n), make([]time.Time, n), make([]bool, n)
+	codes, items, amounts, currencies := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	channels, addresses := make([]string, n), make([]string, n)
+	for i, o := range p.orders {
+		customerIDs[i], codes[i], items[i], amounts[i] = o.customerID, o.customerCode, o.item, o.amount.String()
+		currencies[i], times[i], channels[i], addresses[i], explicit[i] = o.currency, o.time, o.channel, o.address, o.explicit
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		orderID, err := claimIdempotencyKey(ctx, tx, p.by, p.idempotency)
-		if err != nil {
-			return err
-		}
-		if orderID != 0 {
-			replayed = true
-			o, err := scanOrder(tx.QueryRowContext(ctx, orderSelect+` WHERE o.id = $1`, orderID))
-			placed = []order{o}
-			return err
-		}
-		if placed, err = insertOrders(ctx, tx, p); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET order_id = $3 WHERE subject = $1 AND key = $2`,
-			p.by, p.idempotency.key, placed[0].ID)
-		return err
-	})
-	return placed, replayed, err
-}
-
-// querier is what insertOrders needs: the database or a transaction.
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// insertOrders checks that every draft's customer exists and inserts the
-// orders with their outbox rows. A customer deleted between the check and
-// the insert fails the insert's foreign key, so nothing is written.
-func insertOrders(ctx context.Context, q querier, p placement) ([]order, error) {
-	customers, err := findCustomers(ctx, q, p.drafts)
+	rows, err := s.db.QueryContext(ctx, placeSQL, customerIDs, codes, items, amounts, currencies, times, channels, addresses, explicit,
+		p.checkOnly, p.by, p.key, p.fingerprint)
 	if err != nil {
-		return nil, err
+		return placedOrders{}, err
 	}
-	ids, err := nextOrderIDs(ctx, q, len(p.drafts))
-	if err != nil {
-		return nil, err
-	}
-	placed := make([]order, len(p.drafts))
+	defer rows.Close()
 	var (
-		bad    []fieldError
-		outbox []*outboxRow
+		placed  placedOrders
+		refused []unplaced
+		ok      bool
 	)
-	for i, d := range p.drafts {
-		c, found := customers.byID[d.CustomerID]
-		if d.CustomerCode != "" {
-			c, found = customers.byCode[d.CustomerCode]
+	for i := 0; rows.Next(); i++ {
+		var (
+			customerID sql.NullInt64
+			reachable  bool
+			channel    string
+			id         sql.NullInt64
+		)
+		if err := rows.Scan(&customerID, &reachable, &channel, &id, &ok); err != nil {
+			return placedOrders{}, err
 		}
-		if !found {
-			ch := p.at(i)
-			ch.add(d.customerField())
-			bad = append(bad, ch.fields...)
-			continue
+		named := p.orders[i].customerID != 0 || p.orders[i].customerCode != ""
+		if !customerID.Valid && named || customerID.Valid && !reachable {
+			refused = append(refused, unplaced{index: i, customerFound: customerID.Valid})
 		}
-		o := order{ID: ids[i], CustomerID: c.ID, Item: d.Item, Amount: d.Amount, Currency: d.Currency, Time: d.Time, CreatedBy: p.by}
-		if p.outbox != nil {
-			row, problem := p.outbox(d, o, c)
-			if problem != "" {
-				ch := p.at(i)
-				ch.add("channel", "%s", problem)
-				bad = append(bad, ch.fields...)
-				continue
-			}
-			if row != nil {
-				row.orderID = o.ID
-				outbox = append(outbox, row)
-				o.Notification = &notificationView{Channel: row.channel, Status: "pending"}
-			}
-		}
-		placed[i] = o
+		placed.ids = append(placed.ids, id.Int64)
+		placed.customerIDs = append(placed.customerIDs, customerID.Int64)
+		placed.channels = append(placed.channels, channel)
 	}
-	if len(bad) > 0 {
-		return nil, &validationError{detail: "the orders refer to what does not exist; nothing was placed", fields: bad}
-	}
-	err = insertOrderRows(ctx, q, p.by, placed, outbox)
-	if code, _ := pgCode(err); code == foreignKeyViolation {
-		return nil, &validationError{detail: "a customer was deleted while its order was placed", fields: []fieldError{{Pointer: "#/customer_id", Detail: "no such customer"}}}
-	}
-	if err != nil {
-		return nil, err
+	err = rows.Err()
+	switch {
+	case pgCode(err) == foreignKeyViolation:
+		return placedOrders{}, &conflictError{detail: "a customer was deleted while its orders were placed; nothing was placed"}
+	case err != nil:
+		return placedOrders{}, err
+	case len(refused) > 0:
+		return placedOrders{}, &unplacedError{orders: refused}
+	case ok && p.key != "" && placed.ids[0] == 0:
+		return s.replay(ctx, p)
 	}
 	return placed, nil
 }
 
-// insertOrderRows writes orders and their outbox rows with one statement,
-// column by column.
-func insertOrderRows(ctx context.Context, q querier, by string, orders []order, outbox []*outboxRow) error {
-	n := len(orders)
-	ids, customerIDs, times := make([]int64, n), make([]int64, n), make([]time.Time, n)
-	items, amounts, currencies := make([]string, n), make([]string, n), make([]string, n)
-	for i, o := range orders {
-		ids[i], customerIDs[i], items[i], amounts[i], currencies[i], times[i] = o.ID, o.CustomerID, o.Item, o.Amount.String(), o.Currency, o.Time
-	}
-	m := len(outbox)
-	orderIDs, channels, recipients, subjects, messages := make([]int64, m), make([]string, m), make([]string, m), make([]string, m), make([]string, m)
-	for i, r := range outbox {
-		orderIDs[i], channels[i], recipients[i], subjects[i], messages[i] = r.orderID, r.channel, r.recipient, r.subject, r.message
-	}
-	_, err := q.ExecContext(ctx, `
-		WITH placed AS (
-			INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
-			SELECT id, customer_id, item, amount, currency, time, $7
-			FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[])
-				AS o (id, customer_id, item, amount, currency, time)
-		)
-		INSERT INTO notifications (order_id, channel, recipient, subject, message)
-		SELECT * FROM unnest($8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])`,
-		ids, customerIDs, items, amounts, currencies, times, by,
-		orderIDs, channels, recipients, subjects, messages)
-	return err
-}
-
-// claimIdempotencyKey records key for subject and returns 0, or, when the
-// key was used before, the order it created. A concurrent request with the
-// same key waits here until the first commits, then sees its order.
-func claimIdempotencyKey(ctx context.Context, tx *sql.Tx, subject string, k *idempotency) (int64, error) {
-	res, err := tx.ExecContext(ctx, `
-		INSERT INTO idempotency_keys (subject, key, request_hash) VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`, subject, k.key, k.fingerprint)
-	if err != nil {
-		return 0, err
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return 0, nil
-	}
+// replay returns the order an idempotency key already placed, or
+// errKeyReused when the key came with a different request.
+func (s *store) replay(ctx context.Context, p placement) (placedOrders, error) {
 	var (
 		fingerprint []byte
 		orderID     int64
 	)
-	err = tx.QueryRowContext(ctx, `SELECT request_hash, order_id FROM idempotency_keys WHERE subject = $1 AND key = $2`,
-		subject, k.key).Scan(&fingerprint, &orderID)
-	if err != nil {
-		return 0, err
+	err := s.db.QueryRowContext(ctx, `SELECT request_hash, order_id FROM idempotency_keys WHERE subject = $1 AND key = $2`,
+		p.by, p.key).Scan(&fingerprint, &orderID)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return s.placeOrders(ctx, p) // purged since the conflict: the key is free again
+	case err != nil:
+		return placedOrders{}, err
+	case !bytes.Equal(fingerprint, p.fingerprint):
+		return placedOrders{}, errKeyReused
 	}
-	if !bytes.Equal(fingerprint, k.fingerprint) {
-		return 0, &validationError{fields: []fieldError{{Parameter: "Idempotency-Key", Detail: "this Idempotency-Key was used with a different request body"}}}
-	}
-	return orderID, nil
-}
-
-// customerIndex is the customers some drafts refer to.
-type customerIndex struct {
-	byID   map[int64]customer
-	byCode map[string]customer
-}
-
-// findCustomers loads, in one query, every customer the drafts name.
-func findCustomers(ctx context.Context, q querier, drafts []orderDraft) (customerIndex, error) {
-	var ids []int64
-	var codes []string
-	for _, d := range drafts {
-		if d.CustomerCode != "" {
-			codes = append(codes, d.CustomerCode)
-		} else {
-			ids = append(ids, d.CustomerID)
-		}
-	}
-	idx := customerIndex{byID: map[int64]customer{}, byCode: map[string]customer{}}
-	rows, err := q.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers
-		WHERE id = ANY($1) OR code = ANY($2)`, ids, codes)
-	if err != nil {
-		return idx, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		c, err := scanCustomer(rows)
-		if err != nil {
-			return idx, err
-		}
-		idx.byID[c.ID], idx.byCode[c.Code] = c, c
-	}
-	return idx, rows.Err()
-}
-
-// unknownCustomers returns the indexes of the drafts whose customer does not
-// exist; drafts without a usable reference are not looked up.
-func (s *store) unknownCustomers(ctx context.Context, drafts []orderDraft) (map[int]bool, error) {
-	idx, err := findCustomers(ctx, s.db, drafts)
-	if err != nil {
-		return nil, err
-	}
-	unknown := map[int]bool{}
-	for i, d := range drafts {
-		_, byID := idx.byID[d.CustomerID]
-		_, byCode := idx.byCode[d.CustomerCode]
-		if (d.CustomerCode != "" && !byCode && checkCode(d.CustomerCode) == "") || (d.CustomerCode == "" && d.CustomerID > 0 && !byID) {
-			unknown[i] = true
-		}
-	}
-	return unknown, nil
-}
-
-// nextOrderIDs takes n ids from the orders sequence, so that the outbox rows
-// can name their orders in the same statement that inserts them.
-func nextOrderIDs(ctx context.Context, q querier, n int) ([]int64, error) {
-	rows, err := q.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)`, n)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	ids := make([]int64, 0, n)
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return placedOrders{replayOf: orderID}, nil
 }

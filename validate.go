@@ -6,6 +6,7 @@ import (
 	"net/mail"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -23,37 +24,58 @@ func checkE164(s string) string {
 	return ""
 }
 
-// checkEmail accepts a bare address (no display name) of at most 254 bytes.
+// checkEmail accepts a bare ASCII address (no display name) of at most 254
+// bytes with a dot in its domain. Internationalized addresses are refused:
+// relays that do not speak SMTPUTF8 would garble them.
 func checkEmail(s string) string {
 	a, err := mail.ParseAddress(s)
-	if err != nil || a.Address != s || a.Name != "" || len(s) > 254 || !strings.Contains(s[strings.LastIndexByte(s, '@'):], ".") {
-		return "must be an e-mail address such as amina@example.com"
+	if err != nil || a.Address != s || a.Name != "" || len(s) > 254 || !isASCII(s) || !strings.Contains(s[strings.LastIndexByte(s, '@'):], ".") {
+		return "must be an ASCII e-mail address such as amina@example.com"
 	}
 	return ""
 }
 
-// checkCode accepts 1–32 letters, digits, '-' and '_'.
-func checkCode(s string) string {
-	if s == "" || len(s) > 32 {
-		return "must be 1 to 32 letters, digits, '-' or '_'"
-	}
-	for _, r := range s {
-		if !(r < utf8.RuneSelf && (unicode.IsLetter(r) || unicode.IsDigit(r)) || r == '-' || r == '_') {
-			return "must be 1 to 32 letters, digits, '-' or '_'"
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
 		}
 	}
+	return true
+}
+
+// checkCode accepts 1–32 ASCII letters, digits, '-' and '_'.
+func checkCode(s string) string {
+	ok := s != "" && len(s) <= 32
+	for i := 0; i < len(s) && ok; i++ {
+		c := s[i]
+		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
+	}
+	if !ok {
+		return "must be 1 to 32 letters, digits, '-' or '_'"
+	}
 	return ""
 }
 
-// checkText accepts 1 to max characters of printable text that is not all
-// blank: control characters would corrupt CSV exports, SMS and logs.
+// checkText accepts 1 to max characters of printable text with at least one
+// visible character. Names and items go into SMS, e-mail, CSV and logs, so
+// control characters, line and paragraph separators and bidirectional
+// overrides (which make text display as something else) are refused.
 func checkText(s string, max int) string {
-	n := utf8.RuneCountInString(s)
-	if strings.TrimSpace(s) == "" || n > max {
-		return "must be 1 to " + strconv.Itoa(max) + " characters, not blank"
+	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > max {
+		return "must be 1 to " + strconv.Itoa(max) + " characters"
 	}
-	if !utf8.ValidString(s) || strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		return "must not contain control characters"
+	visible := false
+	for _, r := range s {
+		switch {
+		case unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp) || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069':
+			return "must not contain control characters, line separators or bidirectional overrides"
+		case !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r):
+			visible = true
+		}
+	}
+	if !visible {
+		return "must be 1 to " + strconv.Itoa(max) + " characters, not blank"
 	}
 	return ""
 }
@@ -66,15 +88,45 @@ func checkCurrency(s string) string {
 	return ""
 }
 
+// Times are accepted from 1900 to 9999 (UTC): every time in that range has an
+// RFC 3339 form, which years past 9999 lack, and older dates are mistakes.
+var (
+	earliestTime = time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC)
+	latestTime   = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC).Add(-time.Microsecond)
+)
+
+// parseTime reads an RFC 3339 time in the accepted range, in UTC, to the
+// microsecond PostgreSQL keeps, so that the answer to a create matches every
+// later read.
+func parseTime(s string) (time.Time, string) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return t, "must be an RFC 3339 time such as 2026-11-21T09:30:00Z"
+	}
+	t = t.UTC().Truncate(time.Microsecond)
+	if t.Before(earliestTime) || t.After(latestTime) {
+		return t, "must be between 1900-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+	}
+	return t, ""
+}
+
 // digitsOf returns the digits of a phone number, its identity.
 func digitsOf(s string) string {
-	var b strings.Builder
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, s)
+}
+
+func allDigits(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if s[i] >= '0' && s[i] <= '9' {
-			b.WriteByte(s[i])
+		if s[i] < '0' || s[i] > '9' {
+			return false
 		}
 	}
-	return b.String()
+	return s != ""
 }
 
 // optional is a JSON field that can be absent, null, or a value: PATCH needs

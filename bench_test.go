@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// Benchmarks; `go test -run XXX -bench . -benchmem` (see the README).
+
+func BenchmarkDecodeOrder(b *testing.B) {
+	body := []byte(`{"customer_id":7,"item":"whole-exome-sequencing","amount":"1250.00","currency":"KES","time":"2026-11-21T09:30:00Z"}`)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		var in orderInput
+		if err := decodeStrict(body, &in); err != nil {
+			b.Fatal(err)
+		}
+		c := newChecker()
+		in.check(now, fuzzChannels, c)
+		if c.err() != nil {
+			b.Fatal(c.err())
+		}
+	}
+}
+
+func BenchmarkCursor(b *testing.B) {
+	c := cursor{Kind: 'o', Time: time.Date(2026, 11, 21, 9, 30, 0, 0, time.UTC), ID: 123456}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := decodeCursor(c.encode(), 'o'); !ok {
+			b.Fatal("cursor did not decode")
+		}
+	}
+}
+
+// BenchmarkOutboxDelivery measures delivery throughput with the default
+// worker settings against a gateway that takes 50 ms per message.
+func BenchmarkOutboxDelivery(b *testing.B) {
+	const perRound = 2000
+	ta := newTestApp(b, nil)
+	gateway := &slowSender{d: 50 * time.Millisecond}
+	for name, ch := range ta.server.channels.byName {
+		ta.server.channels.register(name, gateway, ch.address)
+	}
+	ta.createCustomer("CUST-1", "+254712345678", nil)
+	var (
+		elapsed   time.Duration
+		delivered int
+	)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ta.importOrders("CUST-1", perRound, true)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		b.StartTimer()
+		start := time.Now()
+		go func() { defer close(done); ta.worker.run(ctx, 30*time.Second) }()
+		for ta.count("notifications", "status = 'sent'") < (i+1)*perRound {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed += time.Since(start)
+		b.StopTimer()
+		cancel()
+		<-done
+		delivered += perRound
+	}
+	b.ReportMetric(float64(delivered)/elapsed.Seconds(), "notifications/s")
+}

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fuzzBodyLimit is small so that the fuzzer reaches the too-large path.
+const fuzzBodyLimit = 2048
+
+// fuzzDecode decodes data as a request body would be, and fails unless a
+// refusal is a *requestError with status 400 or 413.
+func fuzzDecode(t *testing.T, data []byte, v any) bool {
+	t.Helper()
+	body, err := io.ReadAll(http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(data)), fuzzBodyLimit))
+	if err != nil {
+		err = jsonError(err)
+	} else {
+		err = decodeStrict(body, v)
+	}
+	if err == nil {
+		return true
+	}
+	re, ok := err.(*requestError)
+	if !ok {
+		t.Fatalf("body %q: got %T %v, want a *requestError", data, err, err)
+	}
+	if re.status != http.StatusBadRequest && re.status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("body %q: got status %d (%s), want 400 or 413", data, re.status, re.detail)
+	}
+	if re.detail == "" {
+		t.Fatalf("body %q: refused with no detail", data)
+	}
+	for _, fe := range re.fields {
+		if (fe.Pointer != "#" && !strings.HasPrefix(fe.Pointer, "#/")) || fe.Detail == "" {
+			t.Fatalf("body %q: field error %+v does not point into the body", data, fe)
+		}
+	}
+	return false
+}
+
+// fuzzChecked fails unless c holds nothing or a validationError (422) whose
+// every field error says where and what.
+func fuzzChecked(t *testing.T, data []byte, c *checker) {
+	t.Helper()
+	err := c.err()
+	if err == nil {
+		return
+	}
+	if _, ok := err.(*validationError); !ok {
+		t.Fatalf("body %q: checks gave %T %v, want a *validationError", data, err, err)
+	}
+	for _, fe := range c.fields {
+		if !strings.HasPrefix(fe.Pointer, "#") || fe.Detail == "" {
+			t.Fatalf("body %q: field error %+v does not say where and what", data, fe)
+		}
+	}
+}
+
+// fuzzJSONSeeds are bodies that every decoder should meet: the malformed,
+// the oversized, the deeply nested and the wrongly typed.
+func fuzzJSONSeeds(f *testing.F) {
+	for _, s := range []string{
+		``, ` `, `null`, `true`, `0`, `"x"`, `[]`, `{}`, `{`, `}`, `{"`, `{"a":}`, `{}{}`, `{} x`, `{}   `,
+		"\ufeff{}", "{\"\xff\":1}", `{"\u0000":1}`, `{"code":"\ud800"}`,
+		`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`,
+		`{"unknown":1}`, `{"a":{"b":{"c":[1,2,{"d":null}]}}}`,
+		`{"` + strings.Repeat("k", 3000) + `":1}`,
+		`{"x":"` + strings.Repeat("a", fuzzBodyLimit) + `"}`,
+	} {
+		f.Add([]byte(s))
+	}
+}
+
+func FuzzDecodeCustomer(f *testing.F) {
+	fuzzJSONSeeds(f)
+	for _, s := range []string{
+		`{"code":"CUST-0007","name":"Amina Njoroge","phone":"+254712345678","email":"amina@example.com"}`,
+		`{"code":"C1","name":"A","phone":"+254712345678"}`,
+		`{"code":"C1","name":"A","phone":"+254712345678","email":null}`,
+		`{"code":"C1","name":"A","phone":"+254712345678","email":""}`,
+		`{"code":"","name":" ","phone":"0712345678","email":"Amina <amina@example.com>"}`,
+		`{"code":"Ünïcode","name":"a\u0000b","phone":"+0","email":"a@b"}`,
+		`{"code":1,"name":2,"phone":3,"email":4}`,
+		`{"code":["C1"],"name":{},"phone":null}`,
+		`{"code":"` + strings.Repeat("C", 33) + `","name":"` + strings.Repeat("n", 201) + `"}`,
+		`{"code":"C1","code":"C2"}`,
+		`{"Code":"C1","NAME":"x"}`,
+		`{"phone":"+` + strings.Repeat("9", 20) + `"}`,
+		`{"email":"@"}`, `{"email":"a@b@c.d"}`, `{"email":"\"a b\"@example.com"}`, `{"email":"a@[127.0.0.1]"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var in customerInput
+		if !fuzzDecode(t, data, &in) {
+			return
+		}
+		c := newChecker()
+		in.check(c)
+		fuzzChecked(t, data, c)
+	})
+}
+
+func FuzzDecodeOrder(f *testing.F) {
+	fuzzJSONSeeds(f)
+	for _, s := range []string{
+		`{"customer_id":7,"item":"whole-exome-sequencing","amount":"1250.00","currency":"KES","time":"2026-11-21T09:30:00Z","channel":"sms"}`,
+		`{"customer_code":"CUST-0007","item":"x","amount":3.4}`,
+		`{"customer_id":7,"customer_code":"C","item":"x","amount":"1"}`,
+		`{"customer_id":0,"item":"","amount":"-1"}`,
+		`{"customer_id":-1,"item":"x","amount":"1.234"}`,
+		`{"customer_id":1.5,"item":"x","amount":1e3}`,
+		`{"customer_id":9223372036854775808,"item":"x","amount":"99999999999.99"}`,
+		`{"customer_id":"7","item":"x","amount":null}`,
+		`{"customer_id":7,"item":"x","amount":true}`,
+		`{"customer_id":7,"item":"x","amount":{"v":1}}`,
+		`{"customer_id":7,"item":"x","amount":[1]}`,
+		`{"customer_id":7,"item":"x","amount":"1","currency":"kes","time":"yesterday","channel":"pigeon"}`,
+		`{"customer_id":7,"item":"x","amount":"1","time":"0000-01-01T00:00:00Z"}`,
+		`{"customer_id":7,"item":"x","amount":"1","time":"9999-12-31T23:59:59.999999999+14:00"}`,
+		`{"customer_id":7,"item":"x","amount":"1","time":"2026-11-21T09:30:00-23:59"}`,
+		`{"customer_id":7,"item":"x","amount":"1","currency":null,"time":null,"channel":null}`,
+		`{"customer_id":7,"item":"\u202e\u0007","amount":"0"}`,
+		`{"customer_id":7,"item":"x","amount":"0x10"}`,
+		`{"customer_id":7,"item":"x","amount":-0}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var in orderInput
+		if !fuzzDecode(t, data, &in) {
+			return
+		}
+		c := newChecker()
+		o := in.check(time.Now(), fuzzChannels, c)
+		fuzzChecked(t, data, c)
+		if c.err() == nil && (o.amount < 0 || o.amount > maxMoney || o.time.Before(earliestTime) || o.time.After(latestTime) || o.time.Location() != time.UTC) {
+			t.Fatalf("body %q: accepted %+v, outside the amounts and times allowed", data, o)
+		}
+		if len(in.fingerprint(o)) != 32 {
+			t.Fatalf("body %q: the fingerprint is not a SHA-256", data)
+		}
+	})
+}
+
+func FuzzDecodeNumber(f *testing.F) {
+	fuzzJSONSeeds(f)
+	for _, s := range []string{
+		`{"value":"+55 84 91234-4321","monthyPrice":"0.03","setupPrice":"3.40","currency":"U$"}`,
+		`{"value":"+5584912344321","monthlyPrice":0.03,"setupPrice":3.4,"currency":"USD"}`,
+		`{"value":"+5584912344321","monthyPrice":"0.03","monthlyPrice":"0.04","setupPrice":"1","currency":"U$"}`,
+		`{"value":"(84) 9123.4432","monthyPrice":"1","setupPrice":"1","currency":"€"}`,
+		`{"value":"1234567","monthyPrice":"-1","setupPrice":"1.001","currency":""}`,
+		`{"value":"+1234567890123456","monthyPrice":"1e2","setupPrice":"10000000000","currency":"123456789"}`,
+		`{"value":"++12345678","monthyPrice":null,"setupPrice":null,"currency":null}`,
+		`{"value":null}`, `{"value":12345678}`, `{"currency":" U$"}`, `{"currency":"\u0000"}`,
+		`{"currency":"\u200b"}`, `{"value":"１２３４５６７８９"}`, `{"setupPrice":"３.４０"}`,
+		`{"value":"` + strings.Repeat("1", 40) + `"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, partial := range []bool{false, true} {
+			var in numberInput
+			if !fuzzDecode(t, data, &in) {
+				return
+			}
+			var n phoneNumber
+			c := newChecker()
+			in.apply(&n, partial, c)
+			fuzzChecked(t, data, c)
+			if c.err() != nil {
+				continue
+			}
+			if n.MonthlyPrice < 0 || n.MonthlyPrice > maxMoney || n.SetupPrice < 0 || n.SetupPrice > maxMoney {
+				t.Fatalf("body %q: accepted prices %d, %d outside 0..%d", data, n.MonthlyPrice, n.SetupPrice, maxMoney)
+			}
+			if !partial && (checkNumberValue(n.Value) != "" || checkNumberCurrency(n.Currency) != "") {
+				t.Fatalf("body %q: accepted %+v, which breaks the rules", data, n)
+			}
+		}
+	})
+}
+
+// fuzzPlainDecimal is what the money rules call a decimal: digits, and at
+// most one dot followed by digits.
+var fuzzPlainDecimal = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
+
+// parseMoney agrees with exact rational arithmetic on every input: it
+// accepts a plain decimal exactly when it is a whole number of cents within
+// range, and its String parses back to the same value.
+func FuzzParseMoney(f *testing.F) {
+	for _, s := range []string{
+		"0", "3", "3.4", "3.40", "3.400", "1.500", "0.01", "0.001", "9999999999.99", "9999999999.990",
+		"10000000000", "10000000000.00", "00000000000001.00", "0009999999999.99", "99999999999",
+		"-1", "-0", "-0.00", "--1", "-1.001", "-", "", ".", "1.", ".5", "1..2", "1.2.3", "1e3", "1E-2",
+		"+1", " 1", "1 ", "0x10", "١٢", "NaN", "Inf", "1_000", "1,50", "\x00", "3.4\x00",
+		strings.Repeat("9", 40), "0." + strings.Repeat("0", 40), "1." + strings.Repeat("0", 400) + "1",
+		strings.Repeat("-", 100) + "1",
+	} {
+		f.Add(s)
+	}
+	hundred := big.NewRat(100, 1)
+	limit := new(big.Rat).SetFrac64(int64(maxMoney), 100)
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := parseMoney(s)
+		if err != nil {
+			if !errors.Is(err, errMoneySyntax) && !errors.Is(err, errMoneyNegative) && !errors.Is(err, errMoneyPrecision) && !errors.Is(err, errMoneyRange) {
+				t.Fatalf("parseMoney(%q): got error %v, want one of the errMoney errors", s, err)
+			}
+		}
+		if !fuzzPlainDecimal.MatchString(s) {
+			if err == nil {
+				t.Fatalf("parseMoney(%q) = %v, want an error for text that is not a plain decimal", s, m)
+			}
+			return
+		}
+		r, ok := new(big.Rat).SetString(s)
+		if !ok {
+			t.Fatalf("big.Rat cannot read the decimal %q", s)
+		}
+		cents := new(big.Rat).Mul(r, hundred)
+		want := cents.IsInt() && r.Cmp(limit) <= 0
+		if (err == nil) != want {
+			t.Fatalf("parseMoney(%q): got %v, %v; exact arithmetic says accepted=%v", s, m, err, want)
+		}
+		if err != nil {
+			return
+		}
+		if cents.Num().Int64() != int64(m) {
+			t.Fatalf("parseMoney(%q) = %d cents, want %s", s, m, cents.Num())
+		}
+		if m < 0 || m > maxMoney {
+			t.Fatalf("parseMoney(%q) = %d, outside 0..%d", s, m, maxMoney)
+		}
+		back, err := parseMoney(m.String())
+		if err != nil || back != m {
+			t.Fatalf("parseMoney(%q) = %d, whose String %q parses to %d, %v", s, m, m.String(), back, err)
+		}
+	})
+}
+
+// An import's CSV, whatever its bytes, is read and checked without a panic,
+// and every refusal is one the client can be told about (400, 413 or 422).
+func FuzzCSVImport(f *testing.F) {
+	for _, s := range []string{
+		"code,name,phone,email\nCUST-0007,Amina Njoroge,+254712345678,amina@example.com\n",
+		"code,name,phone\r\nC1,A,+254712345678\r\nC2,B,+254712345679\r\n",
+		"\ufeffCode , NAME,Phone\nC1,A,+254712345678\n",
+		"code,name,phone,email\nC1,A,+254712345678,\nC1,\"Quoted, name\",0712,not-an-email\n",
+		"code,name,phone\nC1,\"multi\nline\",+254712345678\n",
+		"code,name,phone\nC1,A\n",
+		"code,name,phone\nC1,A,+254712345678,extra\n",
+		"code,code\nC1,C2\n",
+		"code,nickname\nC1,x\n",
+		",\n,\n",
+		"code\n\"unterminated\n",
+		"code\na\"b\n",
+		"code,name,phone\n\n\n",
+		"code,name,phone\n",
+		"",
+		"\n",
+		"\x00,\xff\n\x00,\xff\n",
+		"code;name;phone\nC1;A;+254712345678\n",
+		"code,name,phone\n" + strings.Repeat("C1,A,+254712345678\n", 50),
+		"customer_code,item,amount\nC1,x,1.00\n",
+	} {
+		f.Add([]byte(s))
+	}
+	customerColumns := []string{"code", "name", "phone", "email"}
+	orderColumns := []string{"customer_id", "customer_code", "item", "amount", "currency", "time", "channel"}
+	check := func(t *testing.T, data []byte, err error) {
+		t.Helper()
+		if err == nil {
+			return
+		}
+		switch e := err.(type) {
+		case *requestError:
+			if e.status != http.StatusBadRequest && e.status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("CSV %q: got status %d (%s), want 400 or 413", data, e.status, e.detail)
+			}
+		case *validationError:
+			for _, fe := range e.fields {
+				if fe.Detail == "" || (fe.Row > 0 && !strings.HasPrefix(fe.Detail, "row ")) {
+					t.Fatalf("CSV %q: field error %+v does not name its row", data, fe)
+				}
+			}
+		default:
+			t.Fatalf("CSV %q: got %T %v, want a *requestError or *validationError", data, err, err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		customers, err := readCSV(bytes.NewReader(data), customerColumns, customerFromCSV)
+		check(t, data, err)
+		c := newChecker()
+		for i := range customers.items {
+			c.at(i, true)
+			customers.items[i].check(c)
+		}
+		check(t, data, c.err())
+		orders, err := readCSV(bytes.NewReader(data), orderColumns, orderFromCSV)
+		check(t, data, err)
+		c = newChecker()
+		for i := range orders.items {
+			c.at(i, true)
+			orders.items[i].check(time.Now(), fuzzChannels, c)
+		}
+		check(t, data, c.err())
+		if len(c.fields) > maxFieldErrors || c.total < len(c.fields) {
+			t.Fatalf("CSV %q: %d errors listed of %d, want at most %d", data, len(c.fields), c.total, maxFieldErrors)
+		}
+	})
+}
+
+// fuzzChannels are the channels production registers.
+var fuzzChannels = func() *channels {
+	cs := newChannels()
+	cs.register("sms", &recordingSender{}, "phone")
+	cs.register("email", &recordingSender{}, "email")
+	return cs
+}()
+
+// decodeCursor accepts exactly the cursors encode writes for the times and
+// ids a stored row can have, and so never hands PostgreSQL a value it refuses.
+func FuzzCursor(f *testing.F) {
+	for _, c := range []cursor{{Kind: 'c', ID: 1}, {Kind: 'o', Time: time.Date(2026, 11, 21, 9, 30, 0, 0, time.UTC), ID: 42}, {Kind: 'o', ID: 1}} {
+		f.Add(c.encode())
+	}
+	for _, s := range []string{"", "by4tM2RtajBsdzl0cWJrLjE", "bi4w", "Yy4tMQ", "by4uMQ", "by4xLjE", "by4tLi0", "==", "by4gMS4x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, kind := range []byte{'c', 'n', 'o'} {
+			c, ok := decodeCursor(s, kind)
+			if !ok {
+				continue
+			}
+			if c.Kind != kind || c.ID <= 0 || c.Time.Year() < 1 || c.Time.Year() > 9999 || (kind != 'o' && !c.Time.IsZero()) {
+				t.Fatalf("%q: decoded as %+v for kind %c", s, c, kind)
+			}
+			if again, ok := decodeCursor(c.encode(), kind); !ok || again != c {
+				t.Fatalf("%q: %+v encodes to %q, which decodes to %+v, %v", s, c, c.encode(), again, ok)
+			}
+		}
+	})
+}

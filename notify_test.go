@@ -1,0 +1,208 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNotifyRules(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    string
+		wantErr []string          // substrings of the error; nil means success
+		choose  map[string]string // item -> channel, when the spec parses
+	}{
+		{name: "default", spec: "*=sms", choose: map[string]string{"kit": "sms", "": "sms", "lab-panel": "sms"}},
+		{name: "prefix glob then catch-all", spec: "sequencing-*=email,*=sms", choose: map[string]string{
+			"sequencing-wgs": "email", "sequencing-": "email", "sequencing": "sms", "pre-sequencing-wgs": "sms", "kit": "sms",
+		}},
+		{name: "suffix and infix globs", spec: "*-panel=email,lab*kit=none,*=sms", choose: map[string]string{
+			"cardio-panel": "email", "panel": "sms", "lab-dna-kit": "none", "labkit": "none", "lab-kit-2": "sms",
+		}},
+		{name: "spaces around pairs and names", spec: "  lab-* = email ,  * =  sms  ", choose: map[string]string{"lab-x": "email", "x": "sms"}},
+		{name: "empty pairs are skipped", spec: ",,lab-*=email,,*=sms,", choose: map[string]string{"lab-x": "email", "x": "sms"}},
+		{name: "first match wins over a later exact rule", spec: "*=none,kit=email", choose: map[string]string{"kit": "none", "other": "none"}},
+		{name: "first of two exact rules wins", spec: "kit=email,kit=sms,*=sms", choose: map[string]string{"kit": "email"}},
+		{name: "matching is case-sensitive", spec: "Kit=email,*=sms", choose: map[string]string{"Kit": "email", "kit": "sms"}},
+		{name: "an item no rule matches is not notified", spec: "lab-*=email", choose: map[string]string{"lab-x": "email", "kit": "none"}},
+		{name: "unknown channel", spec: "lab-*=email,*=fax", wantErr: []string{"NOTIFY_RULES", `"fax"`, "sms", "email", "none"}},
+		{name: "empty channel", spec: "*=", wantErr: []string{"NOTIFY_RULES", `""`}},
+		{name: "missing equals", spec: "sms", wantErr: []string{"NOTIFY_RULES", `"sms"`, "item=channel"}},
+		{name: "empty pattern", spec: "=sms", wantErr: []string{"NOTIFY_RULES", `"=sms"`, "item=channel"}},
+		{name: "two equals", spec: "a=b=c", wantErr: []string{"NOTIFY_RULES", `"b=c"`}},
+		{name: "good pair then malformed one", spec: "*=sms,oops", wantErr: []string{"NOTIFY_RULES", `"oops"`}},
+		{name: "empty", spec: "", wantErr: []string{"NOTIFY_RULES", "no rules"}},
+		{name: "only separators", spec: " , ,", wantErr: []string{"NOTIFY_RULES", "no rules"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := newChannels()
+			cs.register("sms", &recordingSender{}, "phone")
+			cs.register("email", &recordingSender{}, "email")
+			err := cs.setRules(tt.spec)
+			for _, s := range tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), s) {
+					t.Errorf("setRules(%q): got error %v, want one containing %q", tt.spec, err, s)
+				}
+			}
+			if tt.wantErr != nil {
+				// A bad spec must not half-replace the rules in force.
+				if got, _ := cs.route("anything", ""); got != "sms" {
+					t.Errorf("after a failed setRules, route: got %q, want the default sms", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("setRules(%q): got error %v, want nil", tt.spec, err)
+			}
+			for item, want := range tt.choose {
+				got, address := cs.route(item, "")
+				if wantAddress := map[string]string{"sms": "phone", "email": "email", "none": ""}[want]; got != want || address != wantAddress {
+					t.Errorf("route(%q) under %q: got %q to %q, want %q to %q", item, tt.spec, got, address, want, wantAddress)
+				}
+			}
+			if got, _ := cs.route("kit", "email"); got != "email" {
+				t.Errorf("the order's own channel: got %q, want email", got)
+			}
+		})
+	}
+
+	for _, tt := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"*", "", true}, {"*", "anything at all", true}, {"kit", "kit", true}, {"kit", "kit2", false}, {"kit", "Kit", false},
+		{"", "", true}, {"", "x", false}, {"sequencing-*", "sequencing-wgs", true}, {"sequencing-*", "sequencing-", true},
+		{"sequencing-*", "sequencing", false}, {"sequencing-*", "xsequencing-wgs", false}, {"*-panel", "cardio-panel", true},
+		{"*-panel", "cardio-panel-2", false}, {"lab*kit", "lab-dna-kit", true}, {"lab*kit", "labkit", true},
+		{"lab*kit", "lab-kit-x", false}, {"a*b*c", "aXXbYYc", true}, {"a*b*c", "abc", true}, {"a*b*c", "acb", false},
+		{"**", "x", true}, {"*b", "bbb", true}, {"ü*", "über-panel", true}, {"*ß", "straß", true},
+		{"?", "x", false}, // only '*' is special
+	} {
+		if got := glob(tt.pattern, tt.s); got != tt.want {
+			t.Errorf("glob(%q, %q): got %v, want %v", tt.pattern, tt.s, got, tt.want)
+		}
+	}
+}
+
+// The rules and an order's own channel pick how a customer hears of it, and
+// the outbox row says to whom: a rule that picks e-mail for a customer without
+// an address falls back to SMS, but an order that asks for e-mail for one is
+// refused. Each notification is delivered once, by its channel's sender.
+func TestNotifyRouting(t *testing.T) {
+	ta := newTestApp(t, nil)
+	ta.startWorker(nil, time.Second)
+	withEmail := ta.createCustomer("C-MAIL", "+254712345678", ptr("amina@example.com"))
+	noEmail := ta.createCustomer("C-NOMAIL", "+254722000111", nil)
+	for _, tt := range []struct {
+		name      string
+		rules     string
+		override  string // the order's channel; "" when absent
+		c         customer
+		channel   string // "" for no notification
+		recipient string
+	}{
+		{"rules pick sms", "*=sms", "", withEmail, "sms", withEmail.Phone},
+		{"rules pick email", "*=email", "", withEmail, "email", "amina@example.com"},
+		{"rules by item", "kit=email,*=sms", "", withEmail, "email", "amina@example.com"},
+		{"sms override beats an email rule", "*=email", "sms", withEmail, "sms", withEmail.Phone},
+		{"email override beats an sms rule", "*=sms", "email", withEmail, "email", "amina@example.com"},
+		{"sms override beats a none rule", "*=none", "sms", noEmail, "sms", noEmail.Phone},
+		{"email override without an address is refused", "*=sms", "email", noEmail, "", ""},
+		{"email rule without an address falls back to sms", "*=email", "", noEmail, "sms", noEmail.Phone},
+		{"none override sends nothing", "*=sms", "none", withEmail, "", ""},
+		{"none rule sends nothing", "*=none", "", withEmail, "", ""},
+		{"no rule matching sends nothing", "lab-*=email", "", withEmail, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := ta.server.channels.setRules(tt.rules); err != nil {
+				t.Fatal(err)
+			}
+			body := map[string]any{"customer_id": tt.c.ID, "item": "kit", "amount": "10.00"}
+			if tt.override != "" {
+				body["channel"] = tt.override
+			}
+			if tt.override == "email" && tt.c.Email == nil {
+				orders := ta.count("orders")
+				p := ta.do("POST", "/v1/orders", body).must(t, http.StatusUnprocessableEntity).problem(t)
+				if checkPointers(t, p, "#/channel"); ta.count("orders") != orders {
+					t.Error("the refused order was stored")
+				}
+				return
+			}
+			o := ta.place(body)
+			if tt.channel == "" {
+				if o.Notification != nil || ta.getOrder(o.ID).Notification != nil || ta.count("notifications", "order_id = $1", o.ID) != 0 {
+					t.Errorf("order %d: got notification %+v, want none at all", o.ID, o.Notification)
+				}
+				return
+			}
+			if o.Notification == nil || o.Notification.Channel != tt.channel {
+				t.Fatalf("notification: got %+v, want %s", o.Notification, tt.channel)
+			}
+			if n := ta.settled(o.ID); n.recipient != tt.recipient || n.channel != tt.channel || n.status != "sent" {
+				t.Errorf("row: got %s to %s (%s), want %s to %s", n.channel, n.recipient, n.status, tt.channel, tt.recipient)
+			}
+			got := ta.senders[tt.channel].notices()
+			if last := got[len(got)-1]; last.OrderID != o.ID || last.To != tt.recipient || last.Name != tt.c.Name || last.Item != "kit" || last.Amount != 1000 || !last.Time.Equal(o.Time) {
+				t.Errorf("notice: got %+v, want order %d to %s", last, o.ID, tt.recipient)
+			}
+		})
+	}
+
+	t.Run("imports", func(t *testing.T) {
+		if err := ta.server.channels.setRules("lab-*=email,*=sms"); err != nil {
+			t.Fatal(err)
+		}
+		before := ta.count("notifications")
+		for _, id := range ta.importOrders("C-MAIL", 3, false) {
+			if n := ta.getOrder(id).Notification; n != nil {
+				t.Errorf("order %d imported with notify=false: got notification %+v, want null", id, *n)
+			}
+		}
+		if got := ta.count("notifications"); got != before {
+			t.Errorf("notify=false queued %d notifications", got-before)
+		}
+		var res importResult
+		csv := "customer_code,item,amount\nC-MAIL,lab-panel,10.00\nC-MAIL,kit,11.00\nC-NOMAIL,lab-panel,12.00\nC-NOMAIL,kit,13.00\n"
+		ta.request("POST", "/v1/orders/import", csv, "text/csv", map[string]string{"Authorization": "Bearer " + ta.token}).
+			must(t, http.StatusCreated).json(t, &res)
+		for i, want := range []string{"email amina@example.com", "sms " + withEmail.Phone, "sms " + noEmail.Phone, "sms " + noEmail.Phone} {
+			if n := ta.settled(res.IDs[i]); n.channel+" "+n.recipient != want {
+				t.Errorf("imported order %d: got %s %s, want %s", i, n.channel, n.recipient, want)
+			}
+		}
+		for id, n := range perOrder(ta.senders["sms"], ta.senders["email"]) {
+			if n != 1 {
+				t.Errorf("order %d: got %d messages, want 1", id, n)
+			}
+		}
+	})
+}
+
+// With no provider configured, a channel writes its messages to the log and
+// start-up says so; nothing is dropped.
+func TestNotifyLogSender(t *testing.T) {
+	ta := newTestApp(t, map[string]string{"KEEP_SENDERS": "1"})
+	for _, want := range []string{"AT_USERNAME is not set: SMS notifications are written to the log", "SMTP_URL is not set: e-mail notifications are written to the log"} {
+		if len(logLines(t, ta.logs.String(), "level", "WARN", "msg", want+", not sent")) != 1 {
+			t.Errorf("start-up warnings lack %q", want)
+		}
+	}
+	ta.startWorker(nil, time.Second)
+	c := ta.createCustomer("CUST-LOG", "+254712345678", ptr("amina@example.com"))
+	for ch, render := range map[string]func(notice) string{"sms": smsText, "email": mailText} {
+		o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit-" + ch, "amount": "10.00", "channel": ch})
+		n := ta.settled(o.ID)
+		if n.status != "sent" || n.providerID.String != fmt.Sprint("log-", o.ID) {
+			t.Errorf("%s: got %s with provider id %q, want sent with log-%d", ch, n.status, n.providerID.String, o.ID)
+		}
+		want := render(notice{OrderID: o.ID, To: n.recipient, Name: c.Name, Item: o.Item, Amount: o.Amount, Currency: o.Currency, Time: o.Time})
+		if lines := logLines(t, ta.logs.String(), "order_id", o.ID, "channel", ch, "to", n.recipient, "message", want); len(lines) != 1 {
+			t.Errorf("%s: got %d log lines with the message, want 1; log:\n%s", ch, len(lines), ta.logs.String())
+		}
+	}
+}

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Each kind of failure ends as the contract says: retried with backoff until
+// it succeeds, failed at once when permanent, given up after the last
+// attempt, and given up sooner when the provider may have accepted it.
+func TestOutboxOutcomes(t *testing.T) {
+	retryable := &SendError{Reason: "africastalking: HTTP 503: try again", Err: errors.New("503")}
+	uncertain := &SendError{Uncertain: true, Reason: "africastalking: no answer after the request was sent"}
+	cases := []struct {
+		name      string
+		fail      func(attempt int) error
+		status    string
+		attempts  int
+		lastError string // "" for NULL
+		delivered int
+	}{
+		{"retried until it succeeds", func(a int) error { return map[bool]error{true: retryable}[a <= 2] }, "sent", 3, "", 1},
+		{"permanent failure", func(int) error { return &SendError{Permanent: true, Reason: "InvalidPhoneNumber (statusCode 403)"} }, "failed", 1, "InvalidPhoneNumber (statusCode 403)", 0},
+		{"given up after the last attempt", func(a int) error { return &SendError{Reason: fmt.Sprintf("HTTP 500 (try %d)", a)} }, "failed", 4, "HTTP 500 (try 4)", 0},
+		{"uncertain failures given up sooner", func(int) error { return uncertain }, "failed", 2, uncertain.Reason + "; not retried again, as the provider may have accepted it", 0},
+		{"an uncertain failure retried once", func(a int) error { return map[bool]error{true: uncertain}[a == 1] }, "sent", 2, "", 1},
+		{"an error of another type is retried", func(a int) error { return map[bool]error{true: errors.New("boom")}[a == 1] }, "sent", 2, "", 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ta := newTestApp(t, nil)
+			ta.fast()
+			ta.worker.maxAttempts, ta.worker.maxUncertain = 4, 2
+			sms := ta.senders["sms"]
+			sms.fail = func(_ notice, attempt int) error { return tc.fail(attempt) }
+			ta.startWorker(nil, time.Second)
+			c := ta.createCustomer("CUST-1", "+254712345678", nil)
+			o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
+			n := ta.settled(o.ID)
+			time.Sleep(100 * time.Millisecond) // ample time for a wrong retry: polls every 20 ms, backoff 10 ms
+			n = ta.outbox(o.ID)
+			if n.status != tc.status || n.attempts != tc.attempts || n.lastError.String != tc.lastError || n.sentAt.Valid != (tc.status == "sent") {
+				t.Errorf("row: got %s, %d attempts, last_error %q, sent_at %v; want %s, %d, %q", n.status, n.attempts, n.lastError.String, n.sentAt.Valid, tc.status, tc.attempts, tc.lastError)
+			}
+			if tc.status == "sent" && n.providerID.String != fmt.Sprint("rec-", o.ID) {
+				t.Errorf("provider_message_id: got %v, want rec-%d", n.providerID, o.ID)
+			}
+			if got := sms.attempts(o.ID); got != tc.attempts {
+				t.Errorf("send attempts: got %d, want %d", got, tc.attempts)
+			}
+			if got := len(sms.notices()); got != tc.delivered {
+				t.Errorf("messages delivered: got %d, want %d", got, tc.delivered)
+			}
+			v := ta.getOrder(o.ID).Notification
+			if v == nil || v.Status != tc.status || v.Attempts != tc.attempts || (v.LastError != nil) != (tc.lastError != "") || (v.SentAt != nil) != (tc.status == "sent") {
+				t.Errorf("GET notification: got %+v, want the row's state", v)
+			}
+		})
+	}
+
+	t.Run("not retried before the time the provider named", func(t *testing.T) {
+		ta := newTestApp(t, nil)
+		ta.fast()
+		quiet := time.Now().Add(time.Hour).Truncate(time.Second)
+		ta.senders["sms"].fail = func(notice, int) error { return &SendError{RetryAt: quiet, Reason: "DoNotDisturbRejection"} }
+		ta.startWorker(nil, time.Second)
+		c := ta.createCustomer("CUST-1", "+254712345678", nil)
+		o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
+		eventually(t, 5*time.Second, "the first attempt recorded", func() bool { return ta.outbox(o.ID).lastError.Valid })
+		time.Sleep(100 * time.Millisecond)
+		if n := ta.outbox(o.ID); n.status != "pending" || n.attempts != 1 || n.nextAttempt.Before(quiet.Add(-time.Second)) {
+			t.Errorf("row: got %s, %d attempts, next at %v; want pending, 1, not before %v", n.status, n.attempts, n.nextAttempt, quiet)
+		}
+	})
+}
+
+// Two workers on one outbox (two replicas) deliver every notification once.
+func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
+	const orders = 500
+	ta := newTestApp(t, nil)
+	slow := func(notice, int) error { time.Sleep(5 * time.Millisecond); return nil }
+	first := ta.senders["sms"]
+	first.fail = slow
+	second := &recordingSender{fail: slow}
+	other := ta.otherWorker(second)
+	// Few slots each, so that neither worker can take the whole outbox in
+	// one claim and both keep competing for rows until the end.
+	for _, w := range []*worker{ta.worker, other} {
+		w.concurrency = 8
+		w.poll = 5 * time.Millisecond
+	}
+	ta.startWorker(nil, 5*time.Second)
+	ta.startWorker(other, 5*time.Second)
+
+	ta.createCustomer("CUST-1", "+254712345678", nil)
+	ids := ta.importOrders("CUST-1", orders, true)
+	eventually(t, 30*time.Second, fmt.Sprintf("all %d notifications sent", orders), func() bool {
+		return ta.count("notifications", "status = 'sent'") == orders
+	})
+	time.Sleep(100 * time.Millisecond) // late duplicates would come from a row claimed twice
+	counts := perOrder(first, second)
+	for _, id := range ids {
+		if counts[id] != 1 {
+			t.Errorf("order %d: got %d deliveries, want exactly 1", id, counts[id])
+		}
+	}
+	if len(counts) != orders || ta.count("notifications", "status <> 'sent' OR attempts <> 1") != 0 {
+		t.Errorf("orders delivered on the first attempt: got %d of %d", len(counts), orders)
+	}
+	a, b := len(first.notices()), len(second.notices())
+	if a == 0 || b == 0 {
+		t.Errorf("deliveries per worker: got %d and %d, want both workers to take part (else the test shows nothing)", a, b)
+	}
+}
+
+// otherWorker is a second replica's worker on the app's outbox: its own
+// connection pool and senders (every channel sends through s).
+func (ta *testApp) otherWorker(s Sender) *worker {
+	db, err := sql.Open("pgx", ta.cfg.databaseURL)
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	ta.t.Cleanup(func() { db.Close() })
+	cs := newChannels()
+	for name, ch := range ta.server.channels.byName {
+		cs.register(name, s, ch.address)
+	}
+	w := newWorker(db, cs, ta.log)
+	w.poll = 20 * time.Millisecond
+	return w
+}
+
+// The rows of a worker that claimed them and died are delivered by another
+// once their lease ends, and not before.
+func TestOutboxRescuesADeadWorkersRows(t *testing.T) {
+	ta := newTestApp(t, nil)
+	ta.createCustomer("CUST-1", "+254712345678", nil)
+	ids := ta.importOrders("CUST-1", 5, true)
+	dead := ta.otherWorker(&recordingSender{})
+	dead.lease = time.Second
+	claimedAt := time.Now()
+	if rows, err := dead.claim(t.Context(), 100); err != nil || len(rows) != len(ids) {
+		t.Fatalf("claimed: got %d rows, %v; want %d", len(rows), err, len(ids))
+	}
+	ta.startWorker(nil, time.Second)
+	time.Sleep(time.Until(claimedAt.Add(700 * time.Millisecond)))
+	if got := ta.senders["sms"].notices(); len(got) != 0 {
+		t.Fatalf("before the lease ended: got %d messages sent, want 0 (the rows are leased)", len(got))
+	}
+	eventually(t, 5*time.Second, "abandoned rows delivered after the lease", func() bool {
+		return ta.count("notifications", "status = 'sent'") == len(ids)
+	})
+	if elapsed := time.Since(claimedAt); elapsed < 900*time.Millisecond {
+		t.Errorf("delivered %v after the claim, want no sooner than the 1s lease", elapsed)
+	}
+	for id, n := range perOrder(ta.senders["sms"]) {
+		if n != 1 || ta.outbox(id).attempts != 2 {
+			t.Errorf("order %d: got %d deliveries and %d attempts, want 1 and 2 (the dead claim counts)", id, n, ta.outbox(id).attempts)
+		}
+	}
+}
+
+// A live worker's heartbeat keeps a send that outlasts the lease its own:
+// another worker never sends the row meanwhile.
+func TestOutboxHeartbeatKeepsALongSend(t *testing.T) {
+	ta := newTestApp(t, nil)
+	ta.worker.lease, ta.worker.heartbeat = 300*time.Millisecond, 100*time.Millisecond
+	ta.senders["sms"].fail = func(notice, int) error { time.Sleep(1200 * time.Millisecond); return nil }
+	rival := &recordingSender{}
+	ta.startWorker(nil, 5*time.Second)
+	ta.startWorker(ta.otherWorker(rival), time.Second)
+	c := ta.createCustomer("CUST-1", "+254712345678", nil)
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
+	if n := ta.settled(o.ID); n.status != "sent" || n.attempts != 1 {
+		t.Errorf("row: got %s after %d attempts, want sent after 1", n.status, n.attempts)
+	}
+	if got := len(rival.notices()); got != 0 {
+		t.Errorf("the rival worker sent %d messages, want 0", got)
+	}
+}
+
+// slowSender takes d per message, or gives up with a retryable error when
+// ctx ends first; it counts sends started, finished and cancelled.
+type slowSender struct {
+	d                   time.Duration
+	started             chan int64
+	finished, cancelled atomic.Int64
+}
+
+func (s *slowSender) Send(ctx context.Context, n notice) (string, error) {
+	if s.started != nil {
+		s.started <- n.OrderID
+	}
+	select {
+	case <-time.After(s.d):
+		s.finished.Add(1)
+		return fmt.Sprint("slow-", n.OrderID), nil
+	case <-ctx.Done():
+		s.cancelled.Add(1)
+		return "", &SendError{Reason: "gateway request aborted: " + ctx.Err().Error(), Err: ctx.Err()}
+	}
+}
+
+// On shutdown the worker finishes the sends under way within the drain,
+// recording them, and cancels the rest, which the next worker delivers.
+func TestOutboxShutdownDrains(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		sendTime, drain time.Duration
+		status          string
+	}{
+		{"drain longer than the send", 300 * time.Millisecond, 5 * time.Second, "sent"},
+		// A send far longer than the drain, so that returning early can only
+		// mean the send was cut off, however slow the machine.
+		{"drain shorter than the send", 3 * time.Second, 50 * time.Millisecond, "pending"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ta := newTestApp(t, nil)
+			ta.createCustomer("CUST-1", "+254712345678", nil)
+			ids := ta.importOrders("CUST-1", 3, true)
+			slow := &slowSender{d: tc.sendTime, started: make(chan int64, len(ids))}
+			w := ta.otherWorker(slow)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); w.run(ctx, tc.drain) }()
+			for range ids {
+				select {
+				case <-slow.started:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the sends did not start")
+				}
+			}
+			cancel()
+			cancelled := time.Now()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("run: still running 5s after cancellation")
+			}
+			if took := time.Since(cancelled); tc.status == "pending" && took >= tc.sendTime {
+				t.Errorf("run returned %v after cancellation, want about the drain, less than the send", took)
+			}
+			if got, want := slow.cancelled.Load(), map[string]int64{"sent": 0, "pending": 3}[tc.status]; got != want {
+				t.Errorf("sends cancelled: got %d, want %d", got, want)
+			}
+			// Recorded before run returned: no waiting here.
+			for _, id := range ids {
+				if n := ta.outbox(id); n.status != tc.status || n.attempts != 1 || n.lastError.Valid != (tc.status == "pending") {
+					t.Errorf("order %d: got %s after %d attempts, last error %v; want %s after 1", id, n.status, n.attempts, n.lastError, tc.status)
+				}
+			}
+			if tc.status == "pending" {
+				// The next worker (a restarted replica) delivers what was cut off.
+				ta.fast()
+				ta.startWorker(nil, time.Second)
+				eventually(t, 5*time.Second, "cut-off sends delivered by the next worker", func() bool {
+					return ta.count("notifications", "status = 'sent'") == len(ids)
+				})
+			}
+		})
+	}
+}
+
+// Placing an order never waits for a sender, even one that hangs.
+func TestOutboxRequestPathNeverWaits(t *testing.T) {
+	ta := newTestApp(t, nil)
+	stuck := make(chan struct{}, 10)
+	ta.senders["sms"].fail = func(notice, int) error {
+		stuck <- struct{}{}
+		<-t.Context().Done()
+		return errors.New("gave up")
+	}
+	ta.startWorker(nil, 100*time.Millisecond)
+	c := ta.createCustomer("CUST-1", "+254712345678", nil)
+	for i := range 3 {
+		start := time.Now()
+		ta.place(map[string]any{"customer_id": c.ID, "item": fmt.Sprint("kit-", i), "amount": "10.00"})
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("order %d: POST took %v with the sender hanging, want under 1s", i, took)
+		}
+		if i == 0 {
+			<-stuck // later orders are placed while a send is provably stuck
+		}
+	}
+	if n := ta.count("notifications", "status = 'pending'"); n != 3 {
+		t.Errorf("pending notifications: got %d, want 3", n)
+	}
+}
+
+// A worker whose lease passed to another while it sent changes nothing with
+// its outcome, whatever it is; the current claim's outcome counts.
+func TestOutboxStaleOutcomeDiscarded(t *testing.T) {
+	ta := newTestApp(t, nil)
+	c := ta.createCustomer("CUST-1", "+254712345678", nil)
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
+	stale, fresh := ta.otherWorker(&recordingSender{}), ta.otherWorker(&recordingSender{})
+	stale.lease = 300 * time.Millisecond
+	claimedAt := time.Now()
+	first, err := stale.claim(t.Context(), 10)
+	if err != nil || len(first) != 1 || first[0].attempts != 1 {
+		t.Fatalf("first claim: got %+v, %v; want one row at attempt 1", first, err)
+	}
+	if rows, err := fresh.claim(t.Context(), 10); err != nil || len(rows) != 0 {
+		t.Fatalf("claim during the lease: got %d rows, %v; want none", len(rows), err)
+	}
+	var second []*claimed
+	eventually(t, 5*time.Second, "row claimable once the lease expired", func() bool {
+		second, err = fresh.claim(t.Context(), 10)
+		return err == nil && len(second) == 1
+	})
+	if waited := time.Since(claimedAt); waited < 300*time.Millisecond || second[0].attempts != 2 {
+		t.Errorf("re-claimed %v after the first claim at attempt %d, want no sooner than the 300ms lease, attempt 2", waited, second[0].attempts)
+	}
+	leased := ta.outbox(o.ID)
+	if second[0].notice != (notice{OrderID: o.ID, To: c.Phone, Name: c.Name, Item: "kit", Amount: 1000, Currency: "KES", Time: o.Time}) {
+		t.Errorf("claimed notice: got %+v", second[0].notice)
+	}
+	record := func(w *worker, c *claimed, err error) {
+		out := outcome{claimed: c, status: "sent", providerID: "id", err: err}
+		if err != nil {
+			out.status = "pending"
+		}
+		w.recordBatch(t.Context(), []outcome{out})
+	}
+	for _, err := range []error{nil, &SendError{Reason: "stale retryable"}} {
+		record(stale, first[0], err)
+		if n := ta.outbox(o.ID); n != leased {
+			t.Errorf("row after the stale outcome %v: got %+v, want %+v (the second claim untouched)", err, n, leased)
+		}
+	}
+	record(fresh, second[0], nil)
+	record(stale, first[0], nil)
+	if n := ta.outbox(o.ID); n.status != "sent" || n.attempts != 2 || n.providerID.String != "id" {
+		t.Errorf("row after the current claim's outcome: got %+v, want sent at attempt 2", n)
+	}
+	if !strings.Contains(ta.logs.String(), "the lease had passed to another worker") {
+		t.Error("the discarded outcome was not logged")
+	}
+}
