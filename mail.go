@@ -1,20 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"mime"
+	"io"
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
 	"net/smtp"
 	"net/textproto"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,40 +23,43 @@ import (
 
 // smtpConfig says where an SMTP relay is and how to log in to it.
 type smtpConfig struct {
-	host        string // also the name the server's certificate must carry
-	port        string
-	implicitTLS bool   // smtps: TLS from the first byte rather than STARTTLS
-	username    string // empty means no authentication
-	password    string
+	host             string // also the name the server's certificate must carry
+	port             string
+	implicitTLS      bool   // smtps: TLS from the first byte rather than STARTTLS
+	starttlsOptional bool   // starttls=optional: a relay without STARTTLS gets the message in clear
+	username         string // empty means no authentication
+	password         string
 }
 
-// parseSMTPURL parses smtp://[user[:pass]@]host[:port], a plain connection on
-// port 587 by default that is upgraded with STARTTLS when the server offers
-// it, or smtps://[user[:pass]@]host[:port], implicit TLS on port 465 by
-// default. User and password are URL-decoded. Any other scheme, a missing
-// host, a password without a user, or a path, query or fragment is an error.
-// Error texts never contain the password.
+// smtpOptOut is the only query SMTP_URL may carry: it lets an smtp:// relay
+// that does not offer STARTTLS receive messages in clear.
+const smtpOptOut = "starttls=optional"
+
+// parseSMTPURL parses smtp://[user[:pass]@]host[:port][?starttls=optional],
+// port 587 by default, or smtps://[user[:pass]@]host[:port], implicit TLS on
+// port 465 by default. An smtp:// relay must offer STARTTLS unless its host
+// is loopback or the URL carries starttls=optional. User and password are
+// URL-decoded. Any other scheme or query, a missing host, a password without
+// a user, a path or a fragment is an error. Error texts never contain the
+// password.
 func parseSMTPURL(raw string) (smtpConfig, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// A *url.Error quotes the whole input, password included.
 		return smtpConfig{}, errors.New("mail: SMTP URL is malformed")
 	}
-	var cfg smtpConfig
-	switch u.Scheme {
-	case "smtp":
-		cfg.port = "587"
-	case "smtps":
-		cfg.port, cfg.implicitTLS = "465", true
-	default:
+	cfg := smtpConfig{port: map[string]string{"smtp": "587", "smtps": "465"}[u.Scheme], implicitTLS: u.Scheme == "smtps"}
+	if cfg.port == "" {
 		return smtpConfig{}, fmt.Errorf("mail: SMTP URL scheme %q is not smtp or smtps", u.Scheme)
 	}
 	// An opaque URL such as smtp:user:pass@host has no host either.
 	if cfg.host = u.Hostname(); cfg.host == "" {
 		return smtpConfig{}, errors.New("mail: SMTP URL has no host")
 	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
-		return smtpConfig{}, errors.New("mail: SMTP URL must not have a path, query or fragment")
+	cfg.starttlsOptional = u.RawQuery == smtpOptOut && !cfg.implicitTLS
+	if (u.Path != "" && u.Path != "/") || u.Fragment != "" || u.ForceQuery || (u.RawQuery != "" && !cfg.starttlsOptional) {
+		return smtpConfig{}, errors.New("mail: SMTP URL must have no path or fragment, and no query but ?" +
+			smtpOptOut + " on smtp://")
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
@@ -64,12 +67,11 @@ func parseSMTPURL(raw string) (smtpConfig, error) {
 		}
 		cfg.port = p
 	}
-	if u.User != nil {
-		cfg.username = u.User.Username()
-		cfg.password, _ = u.User.Password()
-		if cfg.username == "" && cfg.password != "" {
-			return smtpConfig{}, errors.New("mail: SMTP URL has a password but no user")
-		}
+	// Both are "" when the URL has no user info.
+	cfg.username = u.User.Username()
+	cfg.password, _ = u.User.Password()
+	if cfg.username == "" && cfg.password != "" {
+		return smtpConfig{}, errors.New("mail: SMTP URL has a password but no user")
 	}
 	return cfg, nil
 }
@@ -78,45 +80,44 @@ func parseSMTPURL(raw string) (smtpConfig, error) {
 // connection per message. It is safe for concurrent use once built.
 type smtpMailer struct {
 	cfg     smtpConfig
+	addr    string        // where the relay is dialled: cfg's host and port
 	from    string        // bare envelope and header sender address
 	timeout time.Duration // bound on one whole Send, dial included
+	// hostname is this host's name for EHLO; empty when it has none a relay
+	// could resolve, and EHLO then gives the connection's address instead.
+	hostname string
 	// tlsConfig is used for both STARTTLS and smtps; its ServerName is the
 	// relay's host unless replaced.
 	tlsConfig *tls.Config
-	now       func() time.Time // clock for the Date header
 }
 
-// newSMTPMailer returns a mailer sending as from, which must be a bare
-// address such as orders@example.com, through the relay cfg describes. Each
-// Send takes at most timeout, which must be positive.
-func newSMTPMailer(raw, from string, timeout time.Duration) (*smtpMailer, error) {
-	cfg, err := parseSMTPURL(raw)
-	if err != nil {
-		return nil, fmt.Errorf("SMTP_URL: %w", err)
-	}
-	if cfg.host == "" || cfg.port == "" {
-		return nil, errors.New("mail: SMTP config has no host or port")
-	}
-	if timeout <= 0 {
-		return nil, errors.New("mail: SMTP timeout must be positive")
-	}
+// newSMTPMailer returns a mailer sending as from through the relay cfg
+// describes, each Send taking at most timeout. Its one error is a from that
+// is not a bare ASCII address such as orders@example.com.
+func newSMTPMailer(cfg smtpConfig, from string, timeout time.Duration) (*smtpMailer, error) {
 	if err := checkAddress(from); err != nil {
-		return nil, fmt.Errorf("MAIL_FROM: mail: sender %w", err)
+		return nil, fmt.Errorf("mail: sender %w", err)
+	}
+	hostname, _ := os.Hostname()
+	if !isDomainName(hostname) {
+		hostname = ""
 	}
 	return &smtpMailer{
 		cfg:       cfg,
+		addr:      net.JoinHostPort(cfg.host, cfg.port),
 		from:      from,
 		timeout:   timeout,
+		hostname:  hostname,
 		tlsConfig: &tls.Config{ServerName: cfg.host, MinVersion: tls.VersionTLS12},
-		now:       time.Now,
 	}, nil
 }
 
-// checkAddress returns an error unless addr is a bare address, without
-// display name or angle brackets, that cannot break out of a header line.
+// checkAddress returns an error unless addr is a bare address in printable
+// ASCII, without display name or angle brackets: nothing that could break out
+// of a header line, and nothing that needs the SMTPUTF8 extension.
 func checkAddress(addr string) error {
-	if strings.ContainsAny(addr, "\r\n") {
-		return errors.New("address contains a line break")
+	if strings.ContainsFunc(addr, func(r rune) bool { return r < ' ' || r > '~' }) {
+		return fmt.Errorf("%q is not a plain ASCII address", addr)
 	}
 	if a, err := mail.ParseAddress(addr); err != nil || a.Name != "" || a.Address != addr {
 		return fmt.Errorf("%q is not a bare e-mail address", addr)
@@ -124,100 +125,123 @@ func checkAddress(addr string) error {
 	return nil
 }
 
-// Send delivers m to the address m.To and returns the Message-ID it gave the
-// message, angle brackets included. It makes one attempt: dial, TLS for
-// smtps, EHLO, STARTTLS when offered on smtp, AUTH PLAIN when the config has
-// a user, MAIL, RCPT, DATA and QUIT, all before the mailer's timeout or ctx's
-// deadline, whichever is sooner; cancelling ctx aborts it. A recipient or
-// subject that could inject headers fails before anything is dialled. Every
-// failure is a *SendError, classified as classify describes.
-func (s *smtpMailer) Send(ctx context.Context, n notice) (string, error) {
-	m := struct {
-		OrderID           int64
-		To, Subject, Body string
-	}{n.OrderID, n.To, fmt.Sprintf("Order #%d placed", n.OrderID), mailText(n)}
-	msg, id, err := s.compose(m)
-	if err == nil {
-		err = s.deliver(ctx, m.To, msg)
+// isDomainName reports whether name looks like a fully qualified host name
+// (RFC 5321, 2.3.5): letters, digits, hyphens and at least one dot, and not
+// an IP address. Neither "localhost" nor a container's bare id passes.
+func isDomainName(name string) bool {
+	return strings.Contains(name, ".") && net.ParseIP(name) == nil &&
+		strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") == ""
+}
+
+// addressLiteral is how a host without a name a relay could resolve
+// introduces itself in EHLO (RFC 5321, 4.1.3 and 4.1.4): by its address.
+func addressLiteral(ip net.IP) string {
+	if ip.To4() != nil {
+		return "[" + ip.String() + "]"
 	}
-	if err != nil {
+	return "[IPv6:" + ip.String() + "]"
+}
+
+// isLoopback reports whether host is this machine: localhost, 127.0.0.0/8 or
+// ::1. Only there may messages and credentials travel in clear by default.
+func isLoopback(host string) bool {
+	return strings.EqualFold(host, "localhost") || net.ParseIP(host).IsLoopback()
+}
+
+// Send renders n as an e-mail and delivers it to n.To, returning the
+// Message-ID it gave the message, angle brackets included. It makes one
+// attempt: dial, TLS for smtps, EHLO, STARTTLS for smtp (a relay that is not
+// loopback must offer it unless the URL opted out), AUTH PLAIN or LOGIN when
+// the config has a user, MAIL, RCPT, DATA and QUIT, all before the mailer's
+// timeout or ctx's deadline, whichever is sooner; cancelling ctx aborts it. A
+// recipient that is not a bare ASCII address fails before anything is
+// dialled. Every failure is a *SendError, classified as classify describes.
+func (s *smtpMailer) Send(ctx context.Context, n notice) (string, error) {
+	if err := checkAddress(n.To); err != nil {
+		return "", &SendError{Permanent: true, Reason: "mail: recipient " + err.Error()}
+	}
+	msg, id := s.compose(n)
+	if err := s.deliver(ctx, n.To, msg); err != nil {
 		return "", s.classify(ctx, err)
 	}
 	return id, nil
 }
 
-// compose renders m as a MIME message with CRLF line endings and returns it
-// with its Message-ID. Its failures are permanent *SendErrors.
-func (s *smtpMailer) compose(m struct {
-	OrderID           int64
-	To, Subject, Body string
-}) ([]byte, string, error) {
-	if err := checkAddress(m.To); err != nil {
-		return nil, "", &SendError{Permanent: true, Reason: "mail: recipient " + err.Error()}
-	}
-	if strings.ContainsAny(m.Subject, "\r\n") {
-		return nil, "", &SendError{Permanent: true, Reason: "mail: subject contains a line break"}
-	}
-	var nonce [16]byte
-	rand.Read(nonce[:])
-	id := fmt.Sprintf("<%s.%d@%s>", hex.EncodeToString(nonce[:]), m.OrderID,
-		s.from[strings.LastIndexByte(s.from, '@')+1:])
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: %s\r\n"+
-		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+// compose renders n as a plain-text MIME message with CRLF line endings that
+// carries the whole order, and returns it with its Message-ID.
+func (s *smtpMailer) compose(n notice) (msg, id string) {
+	id = fmt.Sprintf("<%s.%d@%s>", rand.Text(), n.OrderID, s.from[strings.LastIndexByte(s.from, '@')+1:])
+	var b strings.Builder
+	// Auto-Submitted tells well-behaved responders not to answer (RFC 3834).
+	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: Order #%d placed\r\nDate: %s\r\nMessage-ID: %s\r\n"+
+		"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"+
 		"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-		s.from, m.To, mime.QEncoding.Encode("utf-8", m.Subject), s.now().Format(time.RFC1123Z), id)
-	// Writing to a bytes.Buffer cannot fail. Text mode makes every line
+		s.from, n.To, n.OrderID, time.Now().Format(time.RFC1123Z), id)
+	// Writing to a strings.Builder cannot fail. Text mode makes every line
 	// break CRLF and keeps lines short enough for any relay.
 	qp := quotedprintable.NewWriter(&b)
-	qp.Write([]byte(m.Body))
+	io.WriteString(qp, mailText(n))
 	qp.Close()
-	return b.Bytes(), id, nil
+	return b.String(), id
 }
 
+// mailText is the body of the e-mail telling a customer of their order: the
+// whole order, nothing shortened.
+func mailText(n notice) string {
+	return fmt.Sprintf("Hello %s,\n\nYour order #%d has been placed:\n\n"+
+		"Item:   %s\nAmount: %s %s\nTime:   %s\n\nThank you!\n",
+		n.Name, n.OrderID, n.Item, n.Currency, n.Amount, n.Time.Format("Monday, 2 January 2006, 15:04 MST"))
+}
+
+// errNoVerdict marks a failure after the whole message reached the relay:
+// the relay may have queued it.
+var errNoVerdict = errors.New("the message was sent but no reply to it arrived")
+
 // deliver runs one SMTP exchange handing msg to the relay for to.
-func (s *smtpMailer) deliver(ctx context.Context, to string, msg []byte) error {
+func (s *smtpMailer) deliver(ctx context.Context, to, msg string) error {
 	deadline := time.Now().Add(s.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	dialer := net.Dialer{Deadline: deadline}
-	conn, err := dialer.DialContext(ctx, "tcp", net.JoinHostPort(s.cfg.host, s.cfg.port))
+	conn, err := dialer.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		return err
+	}
+	hello := s.hostname
+	if hello == "" {
+		hello = addressLiteral(conn.LocalAddr().(*net.TCPAddr).IP)
+	}
+	if s.cfg.implicitTLS {
+		// The handshake runs on the first read, bounded like every other.
+		conn = tls.Client(conn, s.tlsConfig)
 	}
 	defer conn.Close()
 	// The deadline stops a relay that goes quiet; closing on cancellation
 	// unblocks a read or write already waiting, which net/smtp cannot do.
 	conn.SetDeadline(deadline)
 	defer context.AfterFunc(ctx, func() { conn.Close() })()
-	if s.cfg.implicitTLS {
-		tc := tls.Client(conn, s.tlsConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return err
-		}
-		conn = tc
-	}
 	c, err := smtp.NewClient(conn, s.cfg.host)
 	if err != nil {
 		return err
 	}
 	// EHLO explicitly: Extension would hide a relay refusing EHLO and HELO.
-	if err := c.Hello("localhost"); err != nil {
+	if err := c.Hello(hello); err != nil {
 		return err
 	}
-	if ok, _ := c.Extension("STARTTLS"); ok && !s.cfg.implicitTLS {
-		if err := c.StartTLS(s.tlsConfig); err != nil {
-			return err
+	if !s.cfg.implicitTLS {
+		if ok, _ := c.Extension("STARTTLS"); ok {
+			if err := c.StartTLS(s.tlsConfig); err != nil {
+				return err
+			}
+		} else if !isLoopback(s.cfg.host) && (!s.cfg.starttlsOptional || s.cfg.username != "") {
+			// Credentials never travel in clear but to this machine.
+			return &SendError{Permanent: true, Reason: "smtp: " + s.cfg.host + " does not offer STARTTLS; to send to it in clear, " +
+				"SMTP_URL needs ?" + smtpOptOut + " and no user"}
 		}
 	}
 	if s.cfg.username != "" {
-		// PlainAuth refuses this too; checking first makes the refusal a
-		// permanent failure rather than an unexplained error.
-		if _, secure := c.TLSConnectionState(); !secure && !isLocalhost(s.cfg.host) {
-			return &SendError{Permanent: true, Reason: errInsecureAuth.Error(), Err: errInsecureAuth}
-		}
-		if err := c.Auth(smtp.PlainAuth("", s.cfg.username, s.cfg.password, s.cfg.host)); err != nil {
+		if err := s.login(c); err != nil {
 			return err
 		}
 	}
@@ -227,14 +251,25 @@ func (s *smtpMailer) deliver(ctx context.Context, to string, msg []byte) error {
 	if err := c.Rcpt(to); err != nil {
 		return err
 	}
-	w, err := c.Data()
+	// DATA by hand: c.Data's writer hides whether the final dot reached the
+	// relay, which is what makes a later failure Uncertain.
+	if err := c.Text.PrintfLine("DATA"); err != nil {
+		return err
+	}
+	if _, _, err := c.Text.ReadResponse(354); err != nil {
+		return err
+	}
+	w := c.Text.DotWriter()
+	if _, err = io.WriteString(w, msg); err == nil {
+		err = w.Close() // writes and flushes the final dot
+	}
 	if err != nil {
 		return err
 	}
-	if _, err = w.Write(msg); err == nil {
-		err = w.Close() // reads the relay's verdict on the message
-	}
-	if err != nil {
+	if _, _, err := c.Text.ReadResponse(250); err != nil {
+		if _, verdict := errors.AsType[*textproto.Error](err); !verdict {
+			return fmt.Errorf("%w: %w", errNoVerdict, err)
+		}
 		return err
 	}
 	// The relay has taken the message; a failed QUIT must not make the
@@ -243,24 +278,51 @@ func (s *smtpMailer) deliver(ctx context.Context, to string, msg []byte) error {
 	return nil
 }
 
-// errInsecureAuth is the cause of a Send refused because the connection to a
-// remote relay is not encrypted but the config has credentials.
-var errInsecureAuth = errors.New("smtp: refusing to send credentials over an unencrypted connection")
+// login authenticates with PLAIN when the relay offers it, else LOGIN.
+func (s *smtpMailer) login(c *smtp.Client) error {
+	_, offer := c.Extension("AUTH")
+	switch mechs := strings.Fields(strings.ToUpper(offer)); {
+	case slices.Contains(mechs, "PLAIN"):
+		return c.Auth(&saslAuth{mech: "PLAIN", initial: []byte("\x00" + s.cfg.username + "\x00" + s.cfg.password)})
+	case slices.Contains(mechs, "LOGIN"):
+		return c.Auth(&saslAuth{mech: "LOGIN", answers: []string{s.cfg.username, s.cfg.password}})
+	}
+	return &SendError{Permanent: true, Reason: fmt.Sprintf("smtp: SMTP_URL has a user, but the relay offers AUTH %q: neither PLAIN nor LOGIN", offer)}
+}
 
-// isLocalhost mirrors net/smtp's rule for where PlainAuth may send
-// credentials without TLS.
-func isLocalhost(host string) bool {
-	return host == "localhost" || host == "127.0.0.1" || host == "::1"
+// saslAuth speaks AUTH PLAIN (RFC 4616), the credentials in its initial
+// response, or AUTH LOGIN (draft-murchison-sasl-login), which answers the
+// relay's two challenges (nominally "Username:" and "Password:") in turn, their
+// text ignored as the draft says.
+type saslAuth struct {
+	mech    string
+	initial []byte
+	answers []string // to the relay's challenges, in turn
+}
+
+func (a *saslAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return a.mech, a.initial, nil }
+
+func (a *saslAuth) Next(_ []byte, more bool) ([]byte, error) {
+	switch {
+	case !more:
+		return nil, nil
+	case len(a.answers) == 0:
+		return nil, errors.New("unexpected AUTH " + a.mech + " challenge")
+	}
+	answer := a.answers[0]
+	a.answers = a.answers[1:]
+	return []byte(answer), nil
 }
 
 // classify turns a failure of Send into a *SendError. A relay's reply decides
 // first: 4xx is retryable, 5xx permanent, and 530, 534 and 535 are permanent
 // authentication failures. Anything else (cancellation, network errors,
-// timeouts, TLS failures, garbled replies) is retryable. Reasons are the
-// relay's or the network's words, with the password masked.
+// timeouts, TLS failures, garbled replies) is retryable, and Uncertain when it
+// struck after the whole message was written, while waiting for the relay's
+// verdict. Reasons are the relay's or the network's words, with the password
+// masked.
 func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
-	var se *SendError
-	if errors.As(err, &se) {
+	if se, ok := errors.AsType[*SendError](err); ok {
 		return se
 	}
 	cause := ctx.Err()
@@ -268,10 +330,10 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 		// The connection shares ctx's deadline and may report it first.
 		cause = context.DeadlineExceeded
 	}
-	e := &SendError{Reason: "smtp: " + err.Error(), Err: err}
-	var te *textproto.Error
+	e := &SendError{Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
+	te, isReply := errors.AsType[*textproto.Error](err)
 	switch {
-	case errors.As(err, &te):
+	case isReply:
 		// Flattened so that a multi-line or hostile reply stays one line.
 		reply := fmt.Sprintf("%03d %s", te.Code, strings.Map(func(r rune) rune {
 			if unicode.IsControl(r) {
@@ -279,12 +341,9 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 			}
 			return r
 		}, te.Msg))
-		e.Reason = "smtp: " + reply
-		switch {
-		case te.Code == 530 || te.Code == 534 || te.Code == 535:
-			e.Permanent, e.Reason = true, "smtp: authentication failed: "+reply
-		case te.Code >= 500 && te.Code <= 599:
-			e.Permanent = true
+		e.Reason, e.Permanent = "smtp: "+reply, te.Code/100 == 5
+		if te.Code == 530 || te.Code == 534 || te.Code == 535 {
+			e.Reason = "smtp: authentication failed: " + reply
 		}
 	case cause != nil:
 		// What broke is only the symptom of the abort: a closed connection.
@@ -294,8 +353,4 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 		e.Reason = strings.ReplaceAll(e.Reason, s.cfg.password, "xxxxx")
 	}
 	return e
-}
-
-func mailText(n notice) string {
-	return fmt.Sprintf("Dear %s,\n\nyour order #%d for %s (%s %s) has been placed.\n", n.Name, n.OrderID, n.Item, n.Currency, n.Amount)
 }

@@ -204,9 +204,13 @@ func newNotificationChannels(cfg config, log *slog.Logger) (*channels, error) {
 		cs.register("sms", logSender{channel: "sms", render: smsText, log: log}, "phone")
 	}
 	if cfg.smtpURL != "" {
-		mailer, err := newSMTPMailer(cfg.smtpURL, cfg.mailFrom, 15*time.Second)
+		smtpCfg, err := parseSMTPURL(cfg.smtpURL)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("SMTP_URL: %w", err)
+		}
+		mailer, err := newSMTPMailer(smtpCfg, cfg.mailFrom, 15*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("MAIL_FROM: %w", err)
 		}
 		cs.register("email", mailer, "email")
 	} else {

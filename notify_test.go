@@ -206,3 +206,112 @@ func TestNotifyLogSender(t *testing.T) {
 		}
 	}
 }
+
+// An order's SMS reaches Africa's Talking within a second of the 201, once,
+// and the gateway's delivery reports then say whether it reached the phone.
+func TestNotifyEndToEndSMS(t *testing.T) {
+	const apiKey, secret = "atsk_e2e_key", "callback-secret-0123456789"
+	fake := newATFake(t, apiKey)
+	ta := newTestApp(t, map[string]string{"KEEP_SENDERS": "1", "AT_USERNAME": "acme-lab", "AT_API_KEY": apiKey,
+		"AT_BASE_URL": fake.srv.URL, "AT_CALLBACK_SECRET": secret})
+	ta.startWorker(nil, time.Second)
+	c := ta.createCustomer("CUST-SMS", "+254712345678", nil)
+
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": "whole-exome-sequencing", "amount": "1250.00"})
+	got201 := time.Now()
+	if o.Notification == nil || o.Notification.Channel != "sms" || o.Notification.Status != "pending" {
+		t.Fatalf("201 notification: got %+v, want sms pending", o.Notification)
+	}
+	n := ta.settled(o.ID)
+	time.Sleep(200 * time.Millisecond) // nothing more may arrive once the row is settled
+	reqs := fake.requests()
+	if len(reqs) != 1 || reqs[0].at.After(got201.Add(time.Second)) {
+		t.Fatalf("SMS requests: got %+v, want exactly 1 within a second of the 201", reqs)
+	}
+	r := reqs[0]
+	want := smsText(notice{OrderID: o.ID, To: c.Phone, Name: c.Name, Item: o.Item, Amount: o.Amount, Currency: o.Currency, Time: o.Time})
+	if r.to != c.Phone || r.username != "acme-lab" || r.message != want || n.providerID.String != r.messageID {
+		t.Errorf("request: got to %q username %q message %q (provider id %q), want %q, acme-lab, %q (%q)", r.to, r.username, r.message, n.providerID.String, c.Phone, want, r.messageID)
+	}
+	got := ta.getOrder(o.ID).Notification
+	if got == nil || got.Status != "sent" || got.Attempts != 1 || got.SentAt == nil || got.LastError != nil || got.DeliveredAt != nil ||
+		got.SentAt.Before(got201.Add(-time.Minute)) || got.SentAt.After(time.Now()) {
+		t.Errorf("GET notification: got %+v, want sms sent now, attempts 1, no last_error, not yet delivered", got)
+	}
+
+	hook := ta.url + "/hooks/africastalking/" + secret
+	second := ta.place(map[string]any{"customer_id": c.ID, "item": "panel", "amount": "1.00"})
+	third := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1.00"})
+	for _, id := range []int64{second.ID, third.ID} {
+		ta.settled(id)
+	}
+	for _, tc := range []struct {
+		name, url, id, status, reason string
+		code                          int
+	}{
+		{"interim report changes nothing", hook, r.messageID, "Buffered", "", 200},
+		{"delivered", hook, r.messageID, "Success", "", 200},
+		{"a late report changes nothing", hook, r.messageID, "Failed", "DeliveryFailure", 200},
+		{"undelivered", hook, ta.outbox(second.ID).providerID.String, "Failed", "DeliveryFailure", 200},
+		{"absent subscriber", hook, ta.outbox(third.ID).providerID.String, "AbsentSubscriber", "", 200},
+		{"unknown message", hook, "ATXid_unknown", "Success", "", 200},
+		{"unknown status", hook, r.messageID, "Vanished", "", 400},
+		{"no id", hook, "", "Success", "", 400},
+		{"wrong secret", ta.url + "/hooks/africastalking/not-the-secret-at-all", r.messageID, "Failed", "", 404},
+		{"no secret", ta.url + "/hooks/africastalking/", r.messageID, "Failed", "", 404},
+	} {
+		if code := fake.report(t, tc.url, tc.id, tc.status, tc.reason); code != tc.code {
+			t.Errorf("%s: got %d, want %d", tc.name, code, tc.code)
+		}
+	}
+	for _, tc := range []struct {
+		id                int64
+		status, lastError string
+		delivered         bool
+	}{
+		{o.ID, "delivered", "", true},
+		{second.ID, "undelivered", "Failed: DeliveryFailure", false},
+		{third.ID, "undelivered", "AbsentSubscriber", false},
+	} {
+		v := ta.getOrder(tc.id).Notification
+		if v.Status != tc.status || (v.LastError == nil) != (tc.lastError == "") || v.LastError != nil && *v.LastError != tc.lastError ||
+			(v.DeliveredAt != nil) != tc.delivered || v.SentAt == nil {
+			t.Errorf("order %d after its report: got %+v, want %s, last_error %q", tc.id, v, tc.status, tc.lastError)
+		}
+	}
+	if strings.Contains(ta.logs.String(), secret) {
+		t.Error("the callback secret reached the log")
+	}
+	other := newTestApp(t, nil) // no AT_CALLBACK_SECRET: the route is unknown
+	if code := fake.report(t, other.url+"/hooks/africastalking/"+secret, r.messageID, "Success", ""); code != http.StatusNotFound {
+		t.Errorf("without AT_CALLBACK_SECRET: got %d, want 404", code)
+	}
+}
+
+// An e-mail carries the whole order, however long its item.
+func TestNotifyEndToEndEmail(t *testing.T) {
+	relay := &smtpFake{noStartTLS: true} // the service does not trust the fake's certificate
+	relay.start(t)
+	ta := newTestApp(t, map[string]string{"KEEP_SENDERS": "1", "SMTP_URL": "smtp://" + relay.ln.Addr().String(),
+		"MAIL_FROM": "orders@lab.example", "NOTIFY_RULES": "*=email"})
+	ta.startWorker(nil, time.Second)
+	c := ta.createCustomer("CUST-MAIL", "+254712345678", ptr("amina@example.com"))
+	item := strings.Repeat("comprehensive-genomic-panel-", 6)[:167]
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": item, "amount": "1250.00", "time": "2026-11-21T09:30:00Z"})
+	if n := ta.settled(o.ID); n.status != "sent" || !strings.HasPrefix(n.providerID.String, "<") {
+		t.Fatalf("row: got %+v, want sent with the Message-ID", n)
+	}
+	msgs := relay.received()
+	if len(msgs) != 1 || msgs[0].from != "orders@lab.example" || len(msgs[0].to) != 1 || msgs[0].to[0] != "amina@example.com" {
+		t.Fatalf("e-mails: got %+v, want one from orders@lab.example to amina@example.com", msgs)
+	}
+	_, subject, body := parseMail(t, msgs[0].data)
+	if !strings.Contains(subject, fmt.Sprint("#", o.ID)) {
+		t.Errorf("Subject: got %q, want it to name order #%d", subject, o.ID)
+	}
+	for _, want := range []string{"Amina Njoroge", item, "KES 1250.00", "21 November 2026, 09:30 UTC", fmt.Sprint("#", o.ID)} {
+		if !strings.Contains(body, want) {
+			t.Errorf("body %q lacks %q", body, want)
+		}
+	}
+}

@@ -1,22 +1,33 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf16"
 )
 
 const (
 	// atMaxBody caps how much of a response is read; real answers are a few
 	// hundred bytes, so anything larger is not a reply worth parsing.
 	atMaxBody = 64 << 10
-	// atMaxReasonBody caps how many characters of a response body end up in a
-	// reason, which is stored and shown to staff.
-	atMaxReasonBody = 200
+	// atMaxReason caps a reason, which is stored and shown to staff.
+	atMaxReason = 200
 )
 
 // atBaseURL returns the Africa's Talking API origin for username: the sandbox
@@ -28,11 +39,29 @@ func atBaseURL(username string) string {
 	return "https://api.africastalking.com"
 }
 
+// checkATBaseURL returns an error unless raw is an http(s) URL with a host.
+// Plain http is allowed only for a loopback host, because every request
+// carries the API key in a header. The error never repeats raw, which may
+// hold a user and password.
+func checkATBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return errors.New("must be an http(s) URL with a host, such as https://api.africastalking.com")
+	}
+	ip := net.ParseIP(u.Hostname())
+	loopback := strings.EqualFold(u.Hostname(), "localhost") || ip != nil && ip.IsLoopback() // 127.0.0.0/8, ::1
+	if u.Scheme == "http" && !loopback {
+		return fmt.Errorf("plain http is allowed only for a loopback host, not %q; use https", u.Hostname())
+	}
+	return nil
+}
+
 // africasTalking is a Sender that delivers SMS through the Africa's Talking
 // bulk messaging API. It is safe for concurrent use.
 type africasTalking struct {
 	baseURL, username, apiKey, senderID string
 	client                              *http.Client
+	now                                 func() time.Time // the clock quiet hours are reckoned by
 }
 
 // newAfricasTalking returns a sender posting to baseURL (see atBaseURL) as
@@ -45,93 +74,91 @@ func newAfricasTalking(baseURL, username, apiKey, senderID string, client *http.
 		apiKey:   apiKey,
 		senderID: senderID,
 		client:   client,
+		now:      time.Now,
 	}
 }
 
-// atResponse is the body Africa's Talking answers a send with.
-type atResponse struct {
-	SMSMessageData struct {
-		Message    string        `json:"Message"`
-		Recipients []atRecipient `json:"Recipients"`
-	} `json:"SMSMessageData"`
-}
-
-// atRecipient is the outcome for one number of a send.
-type atRecipient struct {
-	StatusCode int    `json:"statusCode"`
-	Number     string `json:"number"`
-	Status     string `json:"status"`
-	Cost       string `json:"cost"`
-	MessageID  string `json:"messageId"`
-}
-
-// Send texts m.Body to m.To and returns the Africa's Talking messageId once
-// the provider has accepted the message (statusCode 100, 101 or 102); that is
-// acceptance, not delivery to the handset. Every failure is a *SendError whose
-// Reason never contains the API key. Cancelling ctx aborts the request and
-// yields a retryable error wrapping the context's error.
+// Send texts smsText(n) to n.To and returns the Africa's Talking messageId
+// once the provider has accepted the message (statusCode 100, 101 or 102);
+// that is acceptance, not delivery to the handset. Every failure is a
+// *SendError whose Reason never contains the API key. A failure after the
+// request was written with no verdict read back (a timeout, a dropped
+// connection, a 2xx answer that cannot be read) is Uncertain: the message may
+// have gone out. Cancelling ctx aborts the request and yields a retryable
+// error wrapping the context's error.
 func (a *africasTalking) Send(ctx context.Context, n notice) (string, error) {
+	// Reset for every connection the transport tries, so that only the
+	// attempt that failed counts.
+	var written atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GetConn:      func(string) { written.Store(false) },
+		WroteRequest: func(w httptrace.WroteRequestInfo) { written.Store(w.Err == nil) },
+	})
 	req, err := a.newRequest(ctx, n)
 	if err != nil {
-		// Only a malformed base URL gets here, and resending cannot fix it.
-		return "", a.fail(true, "africastalking: building request: "+err.Error(), err)
+		// Only a base URL that checkATBaseURL refuses gets here, and
+		// resending cannot fix it.
+		return "", a.fail(SendError{Permanent: true, Reason: "africastalking: building request: " + err.Error(), Err: err})
 	}
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return "", a.fail(false, "africastalking: request failed: "+err.Error(), err)
+		if written.Load() {
+			return "", a.fail(SendError{Uncertain: true, Reason: "africastalking: request sent, no answer: " + err.Error(), Err: err})
+		}
+		return "", a.fail(SendError{Reason: "africastalking: request failed: " + err.Error(), Err: err})
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, atMaxBody))
 	if err != nil {
-		return "", a.fail(false, "africastalking: reading response: "+err.Error(), err)
+		return "", a.fail(SendError{Uncertain: true, Reason: "africastalking: reading response: " + err.Error(), Err: err})
+	}
+	if code := resp.StatusCode; code < 200 || code >= 300 {
+		// A 4xx (bad credentials, a malformed request) comes back on every
+		// resend. A 429, a 5xx or an oddity such as an unfollowed redirect
+		// says nothing final about the message, so losing it would be worse
+		// than trying again.
+		permanent := code >= 400 && code < 500 && code != http.StatusTooManyRequests
+		return "", a.fail(SendError{Permanent: permanent, Reason: fmt.Sprintf("africastalking: HTTP %d: %s", code, cmp.Or(strings.TrimSpace(string(body)), http.StatusText(code)))})
 	}
 
-	code := resp.StatusCode
-	switch {
-	case code == http.StatusUnauthorized:
-		return "", a.fail(true, fmt.Sprintf("africastalking: authentication failed (HTTP %d): %s", code, a.snippet(code, body)), nil)
-	case code == http.StatusTooManyRequests || code >= 500:
-		return "", a.fail(false, fmt.Sprintf("africastalking: HTTP %d: %s", code, a.snippet(code, body)), nil)
-	case code >= 400:
-		return "", a.fail(true, fmt.Sprintf("africastalking: HTTP %d: %s", code, a.snippet(code, body)), nil)
-	case code < 200 || code >= 300:
-		// An unfollowed redirect or similar oddity says nothing about the
-		// message, so losing it would be worse than trying again.
-		return "", a.fail(false, fmt.Sprintf("africastalking: unexpected HTTP %d: %s", code, a.snippet(code, body)), nil)
-	}
-
-	var r atResponse
-	if err := json.Unmarshal(body, &r); err != nil {
-		return "", a.fail(false, fmt.Sprintf("africastalking: response is not the expected JSON (HTTP %d): %s", code, a.snippet(code, body)), err)
-	}
-	data := r.SMSMessageData
-	if len(data.Recipients) == 0 {
-		msg := strings.TrimSpace(data.Message)
-		if msg == "" {
-			return "", a.fail(false, fmt.Sprintf("africastalking: response has neither recipients nor a message (HTTP %d): %s", code, a.snippet(code, body)), nil)
+	var r struct {
+		SMSMessageData struct {
+			Message    string
+			Recipients []struct {
+				StatusCode int    `json:"statusCode"`
+				Status     string `json:"status"`
+				MessageID  string `json:"messageId"`
+			}
 		}
+	}
+	err = json.Unmarshal(body, &r)
+	data := r.SMSMessageData
+	msg := strings.TrimSpace(data.Message)
+	if err != nil || len(data.Recipients) == 0 && msg == "" {
+		return "", a.fail(SendError{Uncertain: true, Reason: fmt.Sprintf("africastalking: not the expected answer (HTTP %d): %s", resp.StatusCode, body), Err: err})
+	}
+	if len(data.Recipients) == 0 {
 		// With no recipients the request itself was refused, and the texts
 		// seen here ("InvalidSenderId", "User is in blacklist", ...) describe
 		// configuration or the customer, which a retry does not change. Only a
 		// text naming a transient cause is retried.
-		return "", a.fail(!atTransientMessage(msg), "africastalking: "+msg, nil)
+		return "", a.fail(SendError{Permanent: !atTransient.MatchString(msg), Reason: "africastalking: " + msg})
 	}
-
 	rec := data.Recipients[0]
 	sent, permanent := atClassify(rec.StatusCode)
 	if sent {
 		return rec.MessageID, nil
 	}
-	return "", a.fail(permanent, fmt.Sprintf("africastalking: %s (statusCode %d)", rec.Status, rec.StatusCode), nil)
+	se := SendError{Permanent: permanent, Reason: fmt.Sprintf("africastalking: %s (statusCode %d)", rec.Status, rec.StatusCode)}
+	if rec.StatusCode == 409 {
+		se.RetryAt = quietHoursEnd(a.now())
+	}
+	return "", a.fail(se)
 }
 
-// newRequest builds the form-encoded POST that sends m.
+// newRequest builds the form-encoded POST that sends n.
 func (a *africasTalking) newRequest(ctx context.Context, n notice) (*http.Request, error) {
-	form := url.Values{
-		"username": {a.username},
-		"to":       {n.To},
-		"message":  {smsText(n)},
-	}
+	form := url.Values{"username": {a.username}, "to": {n.To}, "message": {smsText(n)}}
 	if a.senderID != "" {
 		form.Set("from", a.senderID)
 	}
@@ -150,97 +177,186 @@ func (a *africasTalking) newRequest(ctx context.Context, n notice) (*http.Reques
 //
 // Retried: 405 InsufficientBalance (a top-up fixes it), 407 CouldNotRoute (a
 // route on the provider's side that comes back; a bad number gets 403 or 404
-// instead), 500 InternalServerError and 501 GatewayError (the provider or the
-// operator's gateway recovers), and any code not listed here, because retrying
-// an unknown outcome is safer than dropping an order notification.
+// instead), 409 DoNotDisturbRejection (once the quiet hours are over, see
+// quietHoursEnd), 500 InternalServerError and 501 GatewayError (the provider
+// or the operator's gateway recovers), and any code not listed here, because
+// retrying an unknown outcome is safer than dropping an order notification.
 //
 // Permanent: 402 InvalidSenderId, 403 InvalidPhoneNumber, 404
-// UnsupportedNumberType, 406 UserInBlacklist and 409 DoNotDisturbRejection
-// depend on the sender configuration or the customer's number, and 401
-// RiskHold and 502 RejectedByGateway are verdicts on this sender and content
-// that a resend gets again; all of them need a person, not another attempt.
+// UnsupportedNumberType and 406 UserInBlacklist depend on the sender
+// configuration or the customer's number, and 401 RiskHold and 502
+// RejectedByGateway are verdicts on this sender and content that a resend
+// gets again; all of them need a person, not another attempt.
 func atClassify(code int) (sent, permanent bool) {
-	switch code {
-	case 100, 101, 102:
-		return true, false
-	case 401, 402, 403, 404, 406, 409, 502:
-		return false, true
-	default:
-		return false, false
-	}
+	return code >= 100 && code <= 102, slices.Contains([]int{401, 402, 403, 404, 406, 502}, code)
 }
 
-// atTransientMessage reports whether a request-level message from Africa's
-// Talking names a cause that can clear up by itself or by a top-up.
-func atTransientMessage(msg string) bool {
-	m := strings.ToLower(strings.ReplaceAll(msg, " ", ""))
-	for _, s := range []string{"insufficientbalance", "internalservererror", "gatewayerror", "tryagain"} {
-		if strings.Contains(m, s) {
-			return true
+// quietHoursEnd returns the first 08:00 WAT after t. The Nigerian
+// Communications Commission bars promotional SMS from 20:00 to 08:00, and
+// Africa's Talking refuses such a message from a sender id it has flagged
+// promotional with statusCode 409 ("Introducing Status Code 409 for
+// Promotional Sender IDs in Nigeria", 4 July 2023,
+// https://status.africastalking.com/incident/538/), so a retry can succeed
+// only once the quiet hours are over. West Africa Time, Nigeria's clock all
+// year, is UTC+1 with no daylight saving, so 08:00 WAT is 07:00 UTC every day.
+func quietHoursEnd(t time.Time) time.Time {
+	end := t.Truncate(24 * time.Hour).Add(7 * time.Hour) // Truncate counts days in UTC
+	if !end.After(t) {
+		end = end.Add(24 * time.Hour)
+	}
+	return end
+}
+
+// atTransient matches a request-level message from Africa's Talking that
+// names a cause that can clear up by itself or by a top-up.
+var atTransient = regexp.MustCompile(`(?i)insufficient ?balance|internal ?server ?error|gateway ?error|try ?again`)
+
+// fail returns se with a reason fit to store and show to staff: bounded,
+// and free of the API key, which reaches it only if something echoes the key
+// back. The key is removed before the reason is cut, so no part of it stays.
+func (a *africasTalking) fail(se SendError) *SendError {
+	se.Reason = storable(strings.ReplaceAll(se.Reason, a.apiKey, "[redacted]"))
+	return &se
+}
+
+// storable returns s as valid UTF-8, control characters turned to spaces,
+// trimmed, and at most atMaxReason characters.
+func storable(s string) string {
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
 		}
-	}
-	return false
-}
-
-// snippet returns body as text fit for a reason: the API key redacted, space
-// trimmed, at most atMaxReasonBody characters, or the status text if empty.
-func (a *africasTalking) snippet(code int, body []byte) string {
-	s := strings.TrimSpace(a.redact(strings.ToValidUTF8(string(body), "\uFFFD")))
-	if s == "" {
-		return http.StatusText(code)
-	}
-	if r := []rune(s); len(r) > atMaxReasonBody {
-		s = string(r[:atMaxReasonBody-1]) + "…"
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD")))
+	if r := []rune(s); len(r) > atMaxReason {
+		s = string(r[:atMaxReason-1]) + "…"
 	}
 	return s
 }
 
-// redact removes the API key from s; the key reaches a reason only if
-// something echoes it back, but reasons are stored and shown to staff.
-func (a *africasTalking) redact(s string) string {
-	if a.apiKey == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, a.apiKey, "[redacted]")
-}
-
-// fail returns a *SendError with the API key redacted from reason.
-func (a *africasTalking) fail(permanent bool, reason string, err error) *SendError {
-	return &SendError{Permanent: permanent, Reason: a.redact(reason), Err: err}
-}
-
-func smsText(n notice) string {
-	name, _, _ := strings.Cut(strings.TrimSpace(n.Name), " ")
-	return "Hi " + name + ", your order #" + fmt.Sprint(n.OrderID) + " for " + n.Item + " (" + n.Currency + " " + n.Amount.String() + ") has been placed. Thank you!"
-}
-
-func checkATBaseURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("must be an http(s) URL")
-	}
-	return nil
-}
-
+// deliveryReport is what one Africa's Talking delivery report says of a message.
 type deliveryReport struct {
-	providerID string
-	status     string
-	reason     string
+	providerID string // the messageId the send returned
+	status     string // "delivered", "undelivered", or "" for an interim report that changes nothing
+	reason     string // for undelivered: the gateway's status and failureReason, bounded, safe to store
 }
 
+// parseDeliveryReport reads the form Africa's Talking posts to a delivery
+// report callback: id (the messageId), status, phoneNumber, networkCode,
+// failureReason (for Failed and Rejected, where the operator gives one, such
+// as DeliveryFailure or UserInBlackList) and retryCount
+// (https://docs.africastalking.com/sms/notifications; the fields
+// MessageDeliveryRequest of SamuelMwangiW/africastalking-laravel checks).
+// Only id, status and failureReason matter here. Success is delivery; Failed,
+// Rejected, AbsentSubscriber and Expired are final failures; Sent, Submitted
+// and Buffered are steps on the way. A form without id or status, or with any
+// other status, is an error.
 func parseDeliveryReport(form url.Values) (deliveryReport, error) {
-	r := deliveryReport{providerID: form.Get("id")}
-	switch st := form.Get("status"); st {
+	id, status := form.Get("id"), form.Get("status")
+	if id == "" || status == "" {
+		return deliveryReport{}, errors.New("a delivery report needs an id and a status")
+	}
+	r := deliveryReport{providerID: id}
+	switch status {
 	case "Success":
 		r.status = "delivered"
 	case "Failed", "Rejected", "AbsentSubscriber", "Expired":
-		r.status, r.reason = "undelivered", st+": "+form.Get("failureReason")
+		// "Failed: DeliveryFailure", or just "Failed" without a failureReason.
+		r.status, r.reason = "undelivered", storable(strings.TrimSuffix(status+": "+form.Get("failureReason"), ": "))
 	case "Sent", "Submitted", "Buffered":
 	default:
-		return r, fmt.Errorf("unknown status")
-	}
-	if r.providerID == "" {
-		return r, fmt.Errorf("no id")
+		return deliveryReport{}, fmt.Errorf("%q is not a delivery report status", storable(status))
 	}
 	return r, nil
+}
+
+// SMS text limits: one segment holds 160 GSM-7 septets, or 70 UTF-16 units
+// when any character needs UCS-2. An item is never cut below smsMinItem
+// characters, a first name is cut to smsMaxName. gsmBasic and gsmExtended
+// are the GSM 03.38 alphabet: basic characters take one septet, extended
+// ones two; text with any other character is sent as UCS-2.
+const (
+	gsmSegment  = 160
+	ucs2Segment = 70
+	smsMinItem  = 9
+	smsMaxName  = 12
+	gsmBasic    = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+	gsmExtended = "^{}\\[~]|€\f"
+)
+
+// smsText is the SMS telling a customer of their order. Typographic
+// punctuation and Unicode spaces become their GSM-7 stand-ins first, so that
+// a curly apostrophe does not force UCS-2 and its 70-unit segment. A text
+// longer than one segment has its item cut, ending in "...", just enough to
+// fit; when the shortest item does not fit, the first name is cut too and the
+// item again just enough. When no cut fits, the whole text goes uncut, in
+// several segments: a cut that saves no segment only loses words.
+func smsText(n notice) string {
+	// toGSM has made every Unicode space a plain one.
+	name, _, _ := strings.Cut(strings.TrimSpace(toGSM(n.Name)), " ")
+	item := []rune(toGSM(n.Item))
+	render := func(name string, keep int) string {
+		return "Hi " + name + ", your order #" + strconv.FormatInt(n.OrderID, 10) + " for " + shorten(item, keep) +
+			" (" + n.Currency + " " + n.Amount.String() + ") has been placed. Thank you!"
+	}
+	cuts := max(len(item)-smsMinItem, 0)
+	// A name no longer than smsMaxName is tried twice, to no effect.
+	for _, name := range []string{name, shorten([]rune(name), smsMaxName)} {
+		// Every rune cut saves a unit or two and "..." is GSM-7, so cutting
+		// more never stops a text from fitting: bisection finds the least cut
+		// that fits.
+		i := sort.Search(cuts+1, func(i int) bool {
+			length, segment := smsSize(render(name, len(item)-i))
+			return length <= segment
+		})
+		if i <= cuts {
+			return render(name, len(item)-i)
+		}
+	}
+	return render(name, len(item))
+}
+
+// shorten returns r cut to n runes ending in "...", or whole if it is no longer.
+func shorten(r []rune, n int) string {
+	if len(r) <= n {
+		return string(r)
+	}
+	return string(r[:n-3]) + "..."
+}
+
+// gsmStandIns are the GSM-7 characters sent for typographic ones that GSM-7
+// lacks; toGSM also turns "…" into "..." and Unicode spaces into plain ones.
+var gsmStandIns = map[rune]rune{
+	'‘': '\'', '’': '\'', '‚': '\'', '′': '\'',
+	'“': '"', '”': '"', '„': '"', '″': '"', '«': '"', '»': '"',
+	'‒': '-', '–': '-', '—': '-', '―': '-', '−': '-',
+}
+
+// toGSM replaces typographic characters with their GSM-7 stand-ins.
+func toGSM(s string) string {
+	return strings.Map(func(r rune) rune {
+		if sub, ok := gsmStandIns[r]; ok {
+			return sub
+		}
+		if unicode.Is(unicode.Zs, r) {
+			return ' '
+		}
+		return r
+	}, strings.ReplaceAll(s, "…", "..."))
+}
+
+// smsSize returns how long s is and how much one segment holds in the
+// encoding s needs: septets and 160 for GSM-7, UTF-16 units and 70 for UCS-2.
+func smsSize(s string) (length, segment int) {
+	for _, r := range s {
+		switch {
+		case strings.ContainsRune(gsmBasic, r):
+			length++
+		case strings.ContainsRune(gsmExtended, r):
+			length += 2
+		default:
+			return len(utf16.Encode([]rune(s))), ucs2Segment
+		}
+	}
+	return length, gsmSegment
 }
