@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -34,70 +36,73 @@ var signingAlgs = []string{
 	oidc.EdDSA,
 }
 
-// authenticator verifies access tokens issued by one provider for one
-// audience, with go-oidc's verifier over the provider's JWKS (keyset.go), so
-// key rotation needs no restart.
+const (
+	// maxAuthorization bounds the Authorization header: access tokens are
+	// a few KiB at most, and a larger header is refused before any parsing.
+	maxAuthorization = 8 << 10
+	// maxReason bounds a logged reason, which may quote what a client sent.
+	maxReason = 200
+	// A verified token is admitted again for tokenCacheTTL at most, and never
+	// past its exp, so a key the provider withdraws stops admitting its
+	// tokens within the key set's refresh plus that time. The cache starts
+	// afresh when it holds tokenCacheSize tokens, which bounds memory without
+	// bookkeeping at the cost of one verification per client.
+	tokenCacheTTL  = time.Minute
+	tokenCacheSize = 10_000
+)
+
+// authenticator verifies access tokens issued by one provider for any of
+// several audiences, with go-oidc's verifier over the provider's JWKS
+// (keyset.go), so key rotation needs no restart.
 type authenticator struct {
-	verifier *oidc.IDTokenVerifier
-	keys     *keySet
-	log      *slog.Logger
-	cache    tokenCache
+	verifier  *oidc.IDTokenVerifier
+	keys      *keySet
+	audiences []string
+
+	// verified caches the tokens that passed verification by their SHA-256,
+	// because a client sends the same token with every request and checking
+	// its signature is most of the CPU a small request costs.
+	mu       sync.Mutex
+	verified map[[32]byte]*principal
 }
 
 // newAuthenticator discovers the provider at issuer and loads its keys,
 // retrying for up to patience so that a provider starting alongside the
-// service is waited for. client makes every request to the provider.
+// service is waited for. client makes every request to the provider. What
+// it logs and returns shows issuer with any password redacted.
 func newAuthenticator(ctx context.Context, issuer string, audiences []string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
+	// loadConfig has parsed issuer; a URL that did not parse would show as
+	// nothing. go-oidc quotes the issuer as given, password and all.
+	u, _ := url.Parse(issuer)
+	shown := u.Redacted()
+	redact := func(err error) string { return bounded(strings.ReplaceAll(err.Error(), issuer, shown)) }
 	ctx = oidc.ClientContext(ctx, client)
-	deadline := time.Now().Add(patience)
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		a, err := discover(ctx, issuer, audiences[0], client, log)
-		if err == nil {
-			return a, nil
+	a := &authenticator{audiences: audiences, verified: map[[32]byte]*principal{}}
+	err := retry(ctx, time.Now().Add(patience), func() error {
+		provider, err := oidc.NewProvider(ctx, issuer)
+		if err != nil {
+			return err
 		}
-		if time.Now().Add(wait).After(deadline) {
-			return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s failed: %w", strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", err)
-		}
-		log.Warn("OIDC discovery failed; retrying", "issuer", issuer, "error", err, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
-}
-
-// discover reads the provider's metadata and its keys once.
-func discover(ctx context.Context, issuer, audience string, client *http.Client, log *slog.Logger) (*authenticator, error) {
-	provider, err := oidc.NewProvider(ctx, issuer)
+		var meta oidc.ProviderConfig
+		_ = provider.Claims(&meta) // cannot fail: NewProvider has decoded this document
+		a.keys, err = newKeySet(meta.JWKSURL, client, log)
+		return err
+	}, func(err error, wait time.Duration) {
+		log.Warn("OIDC discovery failed; retrying", "issuer", shown, "error", redact(err), "retry_in", wait.String())
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s/.well-known/openid-configuration failed: %s", strings.TrimSuffix(shown, "/"), redact(err))
 	}
-	var meta struct {
-		Issuer  string `json:"issuer"`
-		JWKSURL string `json:"jwks_uri"`
-	}
-	if err := provider.Claims(&meta); err != nil {
-		return nil, err
-	}
-	if meta.JWKSURL == "" {
-		return nil, errors.New("the provider's metadata has no jwks_uri")
-	}
-	keys := newKeySet(meta.JWKSURL, client)
-	if err := keys.load(ctx); err != nil {
-		return nil, err
-	}
-	return &authenticator{
-		verifier: oidc.NewVerifier(meta.Issuer, keys, &oidc.Config{ClientID: audience, SupportedSigningAlgs: signingAlgs}),
-		keys:     keys,
-		log:      log,
-	}, nil
+	// go-oidc checks one audience; verify checks aud against all of them.
+	a.verifier = oidc.NewVerifier(issuer, a.keys, &oidc.Config{SkipClientIDCheck: true, SupportedSigningAlgs: signingAlgs})
+	return a, nil
 }
 
 // principal is who a verified token speaks for, and what it may do.
 type principal struct {
 	subject string
-	scopes  map[string]bool
+	scopes  []string
+	until   time.Time // how long the token cache may admit it
 }
 
 type principalKey struct{}
@@ -110,137 +115,128 @@ func subject(r *http.Request) string {
 	return ""
 }
 
-// errNoToken is a request without an Authorization header.
-var errNoToken = errors.New("no Authorization header")
+// authError is a request refused for its credentials: status 401 (or 400
+// for a malformed Authorization header, 403 for a missing scope) with the
+// WWW-Authenticate challenge RFC 6750 asks for. reason is for the log only.
+type authError struct {
+	status    int
+	challenge string // the WWW-Authenticate value
+	detail    string // what the client reads
+	reason    string // why, for the log; bounded in length, never the token
+}
 
-// verify checks raw's signature, issuer, audience and expiry, and returns
-// the principal it names.
+func (e *authError) Error() string { return e.reason }
+
+// invalidToken refuses a token that cannot be trusted. Every such token gets
+// the same detail, so that a client learns nothing of why.
+func invalidToken(reason string) *authError {
+	return &authError{status: http.StatusUnauthorized, challenge: `Bearer error="invalid_token"`, detail: "the access token is not valid", reason: bounded(reason)}
+}
+
+// bounded cuts s to its first line and at most maxReason bytes.
+func bounded(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s[:min(len(s), maxReason)]
+}
+
+// authorize returns the principal that r's bearer token names when it may
+// use scope, or an *authError. The header must be "Bearer", in any case, one
+// space, and the token: RFC 6750's 1*SP narrowed to the one space every
+// client sends.
+func (a *authenticator) authorize(r *http.Request, scope string) (*principal, error) {
+	header := r.Header.Values("Authorization")
+	switch {
+	case len(header) > 1:
+		return nil, &authError{status: http.StatusBadRequest, challenge: `Bearer error="invalid_request"`, detail: "send one Authorization header, not several", reason: "several Authorization headers"}
+	case len(header) == 0 || header[0] == "":
+		return nil, &authError{status: http.StatusUnauthorized, challenge: "Bearer", detail: "this route needs a bearer access token", reason: "no Authorization header"}
+	case len(header[0]) > maxAuthorization:
+		return nil, invalidToken(fmt.Sprintf("an Authorization header of %d bytes, over the limit of %d", len(header[0]), maxAuthorization))
+	}
+	scheme, raw, ok := strings.Cut(header[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return nil, invalidToken("the Authorization header is not a Bearer token")
+	}
+	p, err := a.verify(r.Context(), raw)
+	if err != nil {
+		return nil, invalidToken(err.Error())
+	}
+	requestInfoFrom(r.Context()).subject = p.subject
+	if !slices.Contains(p.scopes, scope) {
+		return nil, &authError{status: http.StatusForbidden, challenge: `Bearer error="insufficient_scope", scope="` + scope + `"`, detail: "this route needs the scope " + scope, reason: "the token lacks the scope " + scope}
+	}
+	return p, nil
+}
+
+// verify checks raw's form, signature, issuer, audience, expiry and type,
+// and returns the principal it names.
 func (a *authenticator) verify(ctx context.Context, raw string) (*principal, error) {
-	if p := a.cache.get(raw); p != nil {
+	key := sha256.Sum256([]byte(raw))
+	a.mu.Lock()
+	p := a.verified[key]
+	a.mu.Unlock()
+	if p != nil && time.Now().Before(p.until) {
 		return p, nil
 	}
 	tok, err := a.verifier.Verify(ctx, raw)
 	if err != nil {
 		return nil, err
 	}
+	// A permission claim of another type fails to decode, so that a token
+	// the service does not understand is refused, never partly granted.
 	var claims struct {
-		Scope       string          `json:"scope"`
-		Scp         json.RawMessage `json:"scp"`
-		Permissions []string        `json:"permissions"`
+		Typ         *string   `json:"typ"`
+		Scope       string    `json:"scope"`
+		Scp         spaceList `json:"scp"`
+		Permissions []string  `json:"permissions"`
+		Roles       []string  `json:"roles"`
 	}
 	if err := tok.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("claims: %w", err)
 	}
-	if tok.Subject == "" {
+	switch {
+	case !slices.ContainsFunc(tok.Audience, func(aud string) bool { return slices.Contains(a.audiences, aud) }):
+		return nil, fmt.Errorf("audience %q has none of OIDC_AUDIENCE", tok.Audience)
+	case claims.Typ != nil && *claims.Typ != "Bearer":
+		// Keycloak marks its ID tokens "ID" and its access tokens "Bearer".
+		return nil, fmt.Errorf("typ claim %q: not an access token", *claims.Typ)
+	case tok.Subject == "":
 		return nil, errors.New("the token has no sub")
 	}
-	p := &principal{subject: tok.Subject, scopes: map[string]bool{}}
-	for _, s := range strings.Fields(claims.Scope) {
-		p.scopes[s] = true
+	p = &principal{subject: tok.Subject, until: time.Now().Add(tokenCacheTTL)}
+	p.scopes = slices.Concat(strings.Fields(claims.Scope), claims.Scp, claims.Permissions, claims.Roles)
+	if tok.Expiry.Before(p.until) {
+		p.until = tok.Expiry
 	}
-	// scp is an array at most providers and a space-separated string at some.
-	var scp []string
-	if err := json.Unmarshal(claims.Scp, &scp); err != nil {
-		var s string
-		if json.Unmarshal(claims.Scp, &s) == nil {
-			scp = strings.Fields(s)
-		}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.verified) >= tokenCacheSize {
+		clear(a.verified)
 	}
-	for _, s := range append(scp, claims.Permissions...) {
-		p.scopes[s] = true
-	}
-	a.cache.put(raw, p, tok.Expiry)
+	a.verified[key] = p
 	return p, nil
 }
 
-// tokenCache remembers tokens that passed verification, because a client
-// sends the same token with every request and checking its signature is most
-// of the CPU a small request costs. An entry lasts a minute at most and
-// never past the token's expiry, so a key the provider withdraws stops
-// admitting its tokens within the key set's refresh plus that minute.
-type tokenCache struct {
-	mu      sync.Mutex
-	entries map[[32]byte]cachedToken
-}
+// spaceList is a claim holding an array of strings or one space-separated
+// string, as scp does at different providers.
+type spaceList []string
 
-type cachedToken struct {
-	p     *principal
-	until time.Time
-}
-
-const (
-	tokenCacheTTL  = time.Minute
-	tokenCacheSize = 10_000
-)
-
-func (c *tokenCache) get(raw string) *principal {
-	key := sha256.Sum256([]byte(raw))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.entries[key]; ok && time.Now().Before(e.until) {
-		return e.p
+func (l *spaceList) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*l = strings.Fields(s)
+		return nil
 	}
-	return nil
+	return json.Unmarshal(b, (*[]string)(l))
 }
-
-func (c *tokenCache) put(raw string, p *principal, expiry time.Time) {
-	until := time.Now().Add(tokenCacheTTL)
-	if expiry.Before(until) {
-		until = expiry
-	}
-	key := sha256.Sum256([]byte(raw))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.entries == nil || len(c.entries) >= tokenCacheSize {
-		// Starting afresh bounds memory without bookkeeping; the cost is one
-		// verification per client.
-		c.entries = make(map[[32]byte]cachedToken)
-	}
-	c.entries[key] = cachedToken{p: p, until: until}
-}
-
-// bearerToken returns the token of an "Authorization: Bearer <token>" header.
-func bearerToken(header string) (string, error) {
-	if header == "" {
-		return "", errNoToken
-	}
-	scheme, token, ok := strings.Cut(header, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
-		return "", errors.New("the Authorization header is not a Bearer token")
-	}
-	return strings.TrimSpace(token), nil
-}
-
-// authError is a request refused for its credentials.
-type authError struct {
-	status    int
-	challenge string
-	detail    string
-	reason    string
-}
-
-func (e *authError) Error() string { return e.detail }
 
 // require lets a request through to next only with a valid token carrying
-// scope.
+// scope; every refusal goes out through fail.
 func (a *authenticator) require(scope string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		raw, err := bearerToken(r.Header.Get("Authorization"))
-		var p *principal
-		if err == nil {
-			p, err = a.verify(r.Context(), raw)
-		}
+		p, err := a.authorize(r, scope)
 		if err != nil {
-			if errors.Is(err, errNoToken) {
-				fail(w, r, &authError{status: 401, challenge: "Bearer", detail: "this route needs a bearer access token"})
-				return
-			}
-			fail(w, r, &authError{status: 401, challenge: `Bearer error="invalid_token"`, detail: "the access token is not valid", reason: err.Error()})
-			return
-		}
-		requestInfoFrom(r.Context()).subject = p.subject
-		if !p.scopes[scope] {
-			fail(w, r, &authError{status: 403, challenge: `Bearer error="insufficient_scope", scope="` + scope + `"`, detail: "this route needs the scope " + scope})
+			fail(w, r, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))

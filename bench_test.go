@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -32,6 +34,41 @@ func BenchmarkCursor(b *testing.B) {
 		if _, ok := decodeCursor(c.encode(), 'o'); !ok {
 			b.Fatal("cursor did not decode")
 		}
+	}
+}
+
+// BenchmarkVerifyToken verifies RS256 and ES256 tokens against a key set
+// already fetched: the signature check a new token costs, and the cache hit
+// every later request with it costs.
+func BenchmarkVerifyToken(b *testing.B) {
+	iss := newFakeOIDC(b)
+	auth, err := newAuthenticator(context.Background(), iss.url, []string{iss.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, kid := range []string{"rsa-1", "ec-1"} {
+		key := testKey(kid)
+		tok := iss.sign(b, iss.claims("bench", allScopes...), withKey(key))
+		if _, err := auth.verify(context.Background(), tok); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(key.Algorithm+"/signature", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(auth.verified)
+				if _, err := auth.verify(context.Background(), tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(key.Algorithm+"/cached", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := auth.verify(context.Background(), tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -2,16 +2,160 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 )
+
+// fuzzStillValid reports whether header carries, after "Bearer" and one
+// space, nothing but a compact JWS that the issuer really signed and that is
+// still good, judged with go-jose alone so that the service's verdict is
+// checked against an independent one.
+func fuzzStillValid(iss *fakeOIDC, header string) bool {
+	scheme, raw, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.Count(raw, ".") != 2 || strings.Trim(raw, fuzzJWSAlphabet) != "" {
+		return false
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+	if err != nil {
+		return false
+	}
+	var claims jwt.Claims
+	rsaKey, ecKey := testKey("rsa-1"), testKey("ec-1")
+	if tok.Claims(rsaKey.Public(), &claims) != nil && tok.Claims(ecKey.Public(), &claims) != nil {
+		return false
+	}
+	err = claims.ValidateWithLeeway(jwt.Expected{Issuer: iss.url, AnyAudience: jwt.Audience{iss.audience}, Time: time.Now()}, 5*time.Minute)
+	return err == nil && claims.Subject != ""
+}
+
+// fuzzJWSAlphabet is what a compact JWS is made of: base64url and dots.
+const fuzzJWSAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+
+// The whole authenticated path, fed any Authorization header: it never
+// panics or fails with 5xx, and lets through only what the issuer signed.
+func FuzzBearerToken(f *testing.F) {
+	iss := newFakeOIDC(f)
+	auth, err := newAuthenticator(context.Background(), iss.url, []string{iss.audience}, &http.Client{Timeout: 5 * time.Second}, 5*time.Second, slog.New(slog.DiscardHandler))
+	if err != nil {
+		f.Fatal(err)
+	}
+	var reached atomic.Bool
+	handler := auth.require("customers:read", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Store(true)
+		w.WriteHeader(http.StatusOK)
+	}))
+
+	validHeader := "Bearer " + iss.token(f, "fuzz-reader", "customers:read")
+	esHeader := "bearer " + iss.sign(f, iss.claims("fuzz-es", "customers:read"), withKey(testKey("ec-1")))
+	noScopeHeader := "Bearer " + iss.token(f, "fuzz-no-scope")
+	// The seeds whose answer is known; every other input is judged by
+	// fuzzStillValid.
+	known := map[string]int{validHeader: http.StatusOK, esHeader: http.StatusOK, noScopeHeader: http.StatusForbidden, "": http.StatusUnauthorized}
+	// Tokens the issuer signed that are refused all the same: a blank inside
+	// the token or a second one after the scheme, an ID token, a logout
+	// token, a permission claim of the wrong type.
+	idToken := iss.claims("fuzz-id-token", "customers:read")
+	idToken["typ"] = "ID"
+	badScp := iss.claims("fuzz-bad-scp", "customers:read")
+	badScp["scp"] = []any{"customers:read", 1}
+	refused := []string{
+		strings.Replace(validHeader, ".", ". ", 1),
+		strings.Replace(validHeader, " ", "  ", 1),
+		"Bearer " + iss.sign(f, idToken, withTyp("JWT")),
+		"Bearer " + iss.sign(f, iss.claims("fuzz-logout", "customers:read"), withTyp("logout+jwt")),
+		"Bearer " + iss.sign(f, badScp),
+	}
+	for _, h := range refused {
+		known[h] = http.StatusUnauthorized
+	}
+	now := time.Now()
+	expired := iss.claims("fuzz-reader", "customers:read")
+	expired["exp"] = now.Add(-time.Hour).Unix()
+	rsaKey := testKey("rsa-1")
+	der, err := x509.MarshalPKIXPublicKey(rsaKey.Public().Key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	seeds := []string{
+		validHeader,
+		esHeader,
+		noScopeHeader,
+		"Bearer " + iss.sign(f, expired),
+		"Bearer " + iss.sign(f, iss.claims("fuzz-hs", "customers:read"), withKey(jose.JSONWebKey{Key: der, KeyID: "rsa-1", Algorithm: string(jose.HS256)})),
+		"Bearer " + iss.sign(f, iss.claims("fuzz-forged", "customers:read"), withKey(testKey("rsa-2")), withKid("rsa-1")),
+		"Bearer " + segment(map[string]any{"alg": "none"}) + "." + segment(iss.claims("fuzz-none", "customers:read")) + ".",
+		"Bearer\t" + iss.token(f, "fuzz-tab", "customers:read"),
+		"Bearer " + iss.token(f, "fuzz-trailing", "customers:read") + " junk",
+		"",
+		"Bearer",
+		"Bearer ",
+		"Basic " + base64.StdEncoding.EncodeToString([]byte("user:pass")),
+		"Bearer a.b.c",
+		"Bearer ....",
+		"Bearer eyJhbGciOiJSUzI1NiJ9.e30.",
+		"Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.bnVsbA.AAAA",
+		"Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6ImVjLTEifQ.eyJzdWIiOjF9.AA",
+		"Bearer " + strings.Repeat("A", 10000),
+		"Bearer \x00\xff\xfe.\x00.\x00",
+		"Bearer  \u00a0",
+		"ＢＥＡＲＥＲ token",
+	}
+	for _, s := range append(seeds, refused...) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		reached.Store(false)
+		req := httptest.NewRequest("GET", "/v1/customers", nil)
+		req.Header["Authorization"] = []string{header}
+		rec := httptest.NewRecorder()
+		handler.ServeHTTP(rec, req)
+
+		status := rec.Code
+		if status >= 500 {
+			t.Fatalf("header %q: got status %d, want no 5xx", header, status)
+		}
+		if want, ok := known[header]; ok && status != want {
+			t.Fatalf("seed %q: got status %d, want %d", header, status, want)
+		}
+		if reached.Load() != (status == http.StatusOK) {
+			t.Fatalf("header %q: handler reached %v with status %d", header, reached.Load(), status)
+		}
+		switch status {
+		case http.StatusOK, http.StatusForbidden:
+			if !fuzzStillValid(iss, header) {
+				t.Fatalf("header %q: got status %d, want 401 for a token the issuer did not sign", header, status)
+			}
+		case http.StatusUnauthorized:
+			want := `Bearer error="invalid_token"`
+			if header == "" {
+				want = "Bearer"
+			}
+			if got := rec.Header().Get("WWW-Authenticate"); got != want {
+				t.Fatalf("header %q: WWW-Authenticate: got %q, want %q", header, got, want)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("header %q: Content-Type: got %q, want application/problem+json", header, ct)
+			}
+		default:
+			t.Fatalf("header %q: got status %d, want 200, 401 or 403", header, status)
+		}
+	})
+}
 
 // fuzzBodyLimit is small so that the fuzzer reaches the too-large path.
 const fuzzBodyLimit = 2048
@@ -190,6 +334,9 @@ func FuzzDecodeNumber(f *testing.F) {
 		}
 	})
 }
+
+// maxMoney is the largest amount NUMERIC(12,2) holds: 9999999999.99.
+const maxMoney Money = 999_999_999_999
 
 // fuzzPlainDecimal is what the money rules call a decimal: digits, and at
 // most one dot followed by digits.

@@ -6,109 +6,192 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 )
 
-// keySet holds the provider's signing keys for go-oidc's verifier. It differs
-// from go-oidc's RemoteKeySet in two ways that matter to a public API:
+// keySet holds the provider's signing keys for go-oidc's verifier. It
+// differs from go-oidc's RemoteKeySet where a public API needs it to:
 //
-//   - only a token naming a key id not in the set makes it refetch the JWKS,
-//     and at most once per minRefresh, so forged tokens cannot make every
-//     request call the provider;
-//   - it refetches when its keys are older than maxAge, so a key the provider
-//     withdrew stops verifying within maxAge rather than never.
+//   - A token naming a key id the set lacks makes it fetch the JWKS at once,
+//     so a key the provider signs with as soon as it publishes it is accepted
+//     on first use. Requests that need a fetch while one is under way wait
+//     for that one, each for as long as its own context allows.
+//   - Forged key ids stay cheap: unknown key ids make at most one fetch per
+//     keyRefill between them, whatever their number, and any one key id at
+//     most one per keyRetryID, so that a client repeating a stale or forged
+//     token does not use up the fetches a real rotation needs. Fetches of
+//     other kinds (start-up, the refresh) do not count: a new key right after
+//     them is fetched too.
+//   - Keys older than keyMaxAge are refreshed in the background: requests go
+//     on with the cached keys while the refresh runs, and keep them when it
+//     fails (it is retried after keyRefill), so a provider outage never locks
+//     out a token whose key is cached, while a key the provider withdrew stops
+//     verifying once the refresh lands.
+//
+// VerifySignature is also where the token's JWS is parsed, so it is where
+// the JWS's form is held to what an access token may be.
 type keySet struct {
-	url        string
-	client     *http.Client
-	minRefresh time.Duration
-	maxAge     time.Duration
+	url    string
+	client *http.Client
+	log    *slog.Logger
+	now    func() time.Time // the clock; tests move it
 
-	fetch   sync.Mutex // one fetch at a time; waiters then see its result
-	mu      sync.RWMutex
-	keys    []jose.JSONWebKey
-	fetched time.Time
+	mu         sync.Mutex
+	keys       []jose.JSONWebKey
+	refreshAt  time.Time            // when the keys are due for a background refresh
+	fetching   chan struct{}        // closed when the fetch under way ends; nil when none is
+	refetched  time.Time            // when a fetch was last made for an unknown key id
+	fetchedFor map[string]time.Time // key id -> when a fetch was last made for it
 }
 
-func newKeySet(url string, client *http.Client) *keySet {
-	return &keySet{url: url, client: client, minRefresh: 10 * time.Second, maxAge: 15 * time.Minute}
+const (
+	keyRefill  = 10 * time.Second
+	keyRetryID = time.Minute
+	keyMaxAge  = 15 * time.Minute
+)
+
+// compactJWS is a JWS in compact serialization and nothing else. go-jose
+// would drop whitespace anywhere in a token, so that endless variants of one
+// token would each verify, and each take a place in the token cache.
+var compactJWS = regexp.MustCompile(`^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$`)
+
+// accessTokenTypes are the header typ values, lower-cased, of an access
+// token: RFC 9068's, and the JWT of providers that predate it. An ID token
+// or a logout token is not an access token, whatever its audience.
+var accessTokenTypes = []string{"jwt", "at+jwt", "application/at+jwt"}
+
+// errUnknownKey means that the keys may lack the one that signed a token.
+var errUnknownKey = errors.New("the provider's JWKS has no key for the token")
+
+// newKeySet fetches the JWKS at url, so that a broken one stops the service
+// before it takes traffic.
+func newKeySet(url string, client *http.Client, log *slog.Logger) (*keySet, error) {
+	k := &keySet{url: url, client: client, log: log, now: time.Now, fetchedFor: map[string]time.Time{}}
+	keys, err := k.download()
+	if err != nil {
+		return nil, err
+	}
+	k.keys, k.refreshAt = keys, k.now().Add(keyMaxAge)
+	return k, nil
 }
 
 // VerifySignature returns the payload of jwt when a key of the set verifies
-// its signature. go-oidc has already checked that the algorithm is allowed.
+// its signature. go-oidc checks the claims.
 func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
+	if !compactJWS.MatchString(jwt) {
+		return nil, errors.New("malformed: not a JWS in compact serialization")
+	}
 	jws, err := jose.ParseSigned(jwt, joseSigningAlgs)
 	if err != nil {
 		return nil, err
 	}
-	kid := jws.Signatures[0].Header.KeyID
-	keys, fetched := k.snapshot()
-	if time.Since(fetched) > k.maxAge {
-		keys = k.refresh(ctx, 0)
+	header := jws.Signatures[0].Header
+	typ, present := header.ExtraHeaders[jose.HeaderType]
+	if s, _ := typ.(string); present && !slices.Contains(accessTokenTypes, strings.ToLower(s)) {
+		return nil, fmt.Errorf("header typ %v: not an access token", typ)
 	}
-	payload, known, err := verifyWith(jws, keys, kid)
-	if err == nil || known {
+	payload, err := verifyWith(jws, k.current(), header.KeyID)
+	if !errors.Is(err, errUnknownKey) {
 		return payload, err
 	}
-	// An unknown key id may be a key the provider has just started using.
-	payload, _, err = verifyWith(jws, k.refresh(ctx, k.minRefresh), kid)
-	return payload, err
+	if err := k.refetch(ctx, header.KeyID); err != nil {
+		return nil, err
+	}
+	return verifyWith(jws, k.current(), header.KeyID)
 }
 
-// verifyWith verifies jws with the key named kid (every key when kid is
-// empty); known reports whether such a key was in keys.
-func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) (payload []byte, known bool, err error) {
-	for i := range keys {
-		key := &keys[i]
+// verifyWith verifies jws with the first signing key named kid, or with
+// every signing key when kid is empty.
+func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) ([]byte, error) {
+	for _, key := range keys {
 		if (kid != "" && key.KeyID != kid) || (key.Use != "" && key.Use != "sig") {
 			continue
 		}
-		known = true
-		if payload, err := jws.Verify(key); err == nil {
-			return payload, true, nil
+		if payload, err := jws.Verify(key); err == nil || kid != "" {
+			return payload, err
 		}
 	}
-	if kid == "" {
-		known = false // any key may yet come
-	}
-	return nil, known, errors.New("no key of the provider's JWKS verifies the signature")
+	return nil, errUnknownKey
 }
 
-func (k *keySet) snapshot() ([]jose.JSONWebKey, time.Time) {
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	return k.keys, k.fetched
-}
-
-// refresh fetches the JWKS unless the keys are younger than minAge, and
-// returns the keys. A failed fetch keeps the keys it had: a provider outage
-// must not lock everyone out while their tokens are still good.
-func (k *keySet) refresh(ctx context.Context, minAge time.Duration) []jose.JSONWebKey {
-	k.fetch.Lock()
-	defer k.fetch.Unlock()
-	if keys, fetched := k.snapshot(); !fetched.IsZero() && time.Since(fetched) < minAge {
-		return keys
-	}
-	keys, err := k.download(ctx)
+// current returns the keys, and starts a background refresh when they are
+// due for one.
+func (k *keySet) current() []jose.JSONWebKey {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.fetched = time.Now() // a failure also waits minRefresh before the next try
-	if err == nil {
-		k.keys = keys
+	if !k.now().Before(k.refreshAt) {
+		k.startFetch()
 	}
 	return k.keys
 }
 
-// download fetches and parses the JWKS.
-func (k *keySet) download(ctx context.Context) ([]jose.JSONWebKey, error) {
-	req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, k.url, nil)
-	if err != nil {
-		return nil, err
+// refetch waits for a fetch of the JWKS that may bring the key named kid:
+// the one under way, or else a new one unless unknown key ids have had
+// theirs too recently.
+func (k *keySet) refetch(ctx context.Context, kid string) error {
+	k.mu.Lock()
+	done := k.fetching
+	if done == nil {
+		now := k.now()
+		if now.Sub(k.refetched) < keyRefill || now.Sub(k.fetchedFor[kid]) < keyRetryID {
+			k.mu.Unlock()
+			return fmt.Errorf("%w, and it was fetched for unknown keys moments ago", errUnknownKey)
+		}
+		maps.DeleteFunc(k.fetchedFor, func(_ string, at time.Time) bool { return now.Sub(at) >= keyRetryID })
+		k.refetched, k.fetchedFor[kid] = now, now
+		done = k.startFetch()
 	}
-	res, err := k.client.Do(req)
+	k.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startFetch begins a fetch of the JWKS unless one is under way, and returns
+// the channel closed when it ends; k.mu is held.
+func (k *keySet) startFetch() chan struct{} {
+	if k.fetching == nil {
+		k.fetching = make(chan struct{})
+		go k.fetch(k.fetching)
+	}
+	return k.fetching
+}
+
+// fetch replaces the keys with the JWKS's, or keeps them when that fails,
+// and then closes done.
+func (k *keySet) fetch(done chan struct{}) {
+	defer close(done)
+	keys, err := k.download()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.fetching = nil
+	if err != nil {
+		k.log.Warn("JWKS fetch failed; the cached keys stay in use", "error", err)
+		k.refreshAt = k.now().Add(keyRefill)
+		return
+	}
+	k.keys, k.refreshAt = keys, k.now().Add(keyMaxAge)
+}
+
+// download fetches and parses the JWKS. It belongs to no request, so that a
+// waiter who gives up fails no other, and the client's timeout bounds it. A
+// key of a type this service cannot use (a future kty, an encryption key) is
+// skipped rather than failing the whole set; a set with no usable key is an
+// error.
+func (k *keySet) download() ([]jose.JSONWebKey, error) {
+	res, err := k.client.Get(k.url)
 	if err != nil {
 		return nil, err
 	}
@@ -116,14 +199,10 @@ func (k *keySet) download(ctx context.Context) ([]jose.JSONWebKey, error) {
 	if res.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("JWKS %s: HTTP %d", k.url, res.StatusCode)
 	}
-	var set struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
+	var set struct{ Keys []json.RawMessage }
 	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&set); err != nil {
 		return nil, fmt.Errorf("JWKS %s: %w", k.url, err)
 	}
-	// A key of a type this service cannot use (a future kty, an encryption
-	// key) is skipped rather than failing the whole set.
 	var keys []jose.JSONWebKey
 	for _, raw := range set.Keys {
 		var key jose.JSONWebKey
@@ -131,30 +210,16 @@ func (k *keySet) download(ctx context.Context) ([]jose.JSONWebKey, error) {
 			keys = append(keys, key)
 		}
 	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("JWKS %s holds no usable key", k.url)
+	}
 	return keys, nil
 }
 
-// load fetches the keys at start-up, so that a broken JWKS stops the service
-// before it takes traffic.
-func (k *keySet) load(ctx context.Context) error {
-	keys, err := k.download(ctx)
-	if err != nil {
-		return err
-	}
-	if len(keys) == 0 {
-		return fmt.Errorf("JWKS %s holds no keys", k.url)
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.keys, k.fetched = keys, time.Now()
-	return nil
-}
-
 // joseSigningAlgs is signingAlgs as go-jose names them.
-var joseSigningAlgs = func() []jose.SignatureAlgorithm {
-	algs := make([]jose.SignatureAlgorithm, len(signingAlgs))
-	for i, a := range signingAlgs {
-		algs[i] = jose.SignatureAlgorithm(a)
+var joseSigningAlgs = func() (algs []jose.SignatureAlgorithm) {
+	for _, a := range signingAlgs {
+		algs = append(algs, jose.SignatureAlgorithm(a))
 	}
 	return algs
 }()

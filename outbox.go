@@ -92,7 +92,8 @@ type claimed struct {
 	channel  string
 	notice   notice
 	leaseEnd time.Time          // by this process's clock, no later than the lease the database holds
-	cancel   context.CancelFunc // stops the send, when the lease cannot be renewed
+	cancel   context.CancelFunc // stops the send
+	expiry   *time.Timer        // cancels the send a quarter lease before the lease ends, unless it is renewed
 }
 
 // run delivers until ctx ends, then waits up to drain for sends under way and
@@ -190,20 +191,23 @@ func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 }
 
 // takeOff puts a claimed row in flight: its lease is renewed from now on, and
-// the context its send gets ends if the lease could not be.
+// the context its send gets ends a quarter lease before the lease does,
+// unless a renewal moved it: another worker may claim the row then, and must
+// not find this one still sending it.
 func (w *worker) takeOff(sendCtx context.Context, c *claimed) context.Context {
 	ctx, cancel := context.WithCancel(sendCtx)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	c.cancel = cancel
+	c.expiry = time.AfterFunc(time.Until(c.leaseEnd)-w.lease/4, func() {
+		w.log.Error("outbox: the lease could not be renewed; the send is cancelled before it ends", "notification_id", c.id)
+		cancel()
+	})
 	w.inFlight[c.id] = c
 	return ctx
 }
 
 // renewLeases extends, every heartbeat, the leases of the rows in flight.
-// When renewing fails for so long that a lease could end before the next
-// heartbeat, it cancels that row's send: another worker may claim the row
-// then, and must not find this one still sending it.
 func (w *worker) renewLeases(ctx context.Context) {
 	tick := time.NewTicker(w.heartbeat)
 	defer tick.Stop()
@@ -226,14 +230,17 @@ func (w *worker) renewLeases(ctx context.Context) {
 			FROM unnest($1::bigint[], $2::int[]) AS f (id, attempts)
 			WHERE n.id = f.id AND n.attempts = f.attempts AND n.status = 'pending'`,
 			ids, attempts, w.lease.Seconds())
+		if err != nil {
+			w.log.Warn("outbox: renewing leases failed", "error", err, "rows", len(ids))
+			continue
+		}
 		w.mu.Lock()
 		for _, c := range flights {
-			switch {
-			case err == nil:
+			// A row recorded meanwhile has left the flight; one whose timer
+			// fired has had its send cancelled already.
+			if w.inFlight[c.id] == c && c.expiry.Stop() {
+				c.expiry.Reset(time.Until(leaseEnd) - w.lease/4)
 				c.leaseEnd = leaseEnd
-			case time.Until(c.leaseEnd) < w.heartbeat:
-				w.log.Error("outbox: lease renewal failed; cancelling the send before the lease ends", "notification_id", c.id, "error", err)
-				c.cancel()
 			}
 		}
 		w.mu.Unlock()
@@ -296,6 +303,7 @@ func (w *worker) record(ctx context.Context, outcomes <-chan outcome, slots <-ch
 		w.mu.Lock()
 		for _, o := range batch {
 			if o.cancel != nil {
+				o.expiry.Stop()
 				o.cancel()
 			}
 			delete(w.inFlight, o.id)

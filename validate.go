@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"net/mail"
 	"strconv"
 	"strings"
 	"time"
@@ -28,20 +27,10 @@ func checkE164(s string) string {
 // bytes with a dot in its domain. Internationalized addresses are refused:
 // relays that do not speak SMTPUTF8 would garble them.
 func checkEmail(s string) string {
-	a, err := mail.ParseAddress(s)
-	if err != nil || a.Address != s || a.Name != "" || len(s) > 254 || !isASCII(s) || !strings.Contains(s[strings.LastIndexByte(s, '@'):], ".") {
+	if checkAddress(s) != nil || len(s) > 254 || !strings.Contains(s[strings.LastIndexByte(s, '@'):], ".") {
 		return "must be an ASCII e-mail address such as amina@example.com"
 	}
 	return ""
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
 }
 
 // checkCode accepts 1–32 ASCII letters, digits, '-' and '_'.

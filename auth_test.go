@@ -1,0 +1,600 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+// authLogLine waits for the log line of request id: it is written as the
+// handler returns, which may be just after the client has its answer.
+func authLogLine(t *testing.T, ta *testApp, id string) (line map[string]any) {
+	t.Helper()
+	eventually(t, 2*time.Second, "the log line of request "+id, func() bool {
+		for l := range strings.SplitSeq(ta.logs.String(), "\n") {
+			if line = nil; json.Unmarshal([]byte(l), &line) == nil && line["request_id"] == id && line["msg"] == "request" {
+				return true
+			}
+		}
+		return false
+	})
+	return line
+}
+
+// authSecrets are the parts of a token that must never be logged or echoed:
+// the token and its signature, which with the public parts is the credential.
+func authSecrets(token string) []string {
+	if i := strings.LastIndexByte(token, '.'); i >= 0 && len(token)-i > 16 {
+		return []string{token, token[i+1:]}
+	}
+	return []string{token}
+}
+
+// Each way a provider grants permissions grants them, and the token's sub is
+// who the service records and logs. Scopes match exactly. A provider clock
+// up to five minutes ahead is absorbed through nbf; exp has no leeway.
+func TestAuthPermissions(t *testing.T) {
+	ta := newTestApp(t, map[string]string{"OIDC_AUDIENCE": "order-management, api://order-management"})
+	iss := ta.issuer
+	now := time.Now()
+	readWrite := []string{"customers:read", "customers:write"}
+	const both = "customers:read customers:write"
+	cases := []struct {
+		name    string
+		set     map[string]any // claims beside iss, sub, aud and exp
+		opts    []signOpt
+		granted bool // customers:read and customers:write, else not customers:read
+	}{
+		{"scope string, RS256", map[string]any{"scope": both}, nil, true},
+		{"scope string, ES256", map[string]any{"scope": both}, []signOpt{withKey(testKey("ec-1"))}, true},
+		{"scp array (Okta, Hydra)", map[string]any{"scp": readWrite}, nil, true},
+		{"scp space-separated (Entra)", map[string]any{"scp": both}, nil, true},
+		{"permissions array (Auth0)", map[string]any{"permissions": readWrite}, nil, true},
+		{"roles array (Entra app-only)", map[string]any{"roles": readWrite}, nil, true},
+		{"split across claims", map[string]any{"scope": "customers:read", "roles": []string{"customers:write"}}, nil, true},
+		{"null claims count as absent", map[string]any{"scope": both, "scp": nil, "permissions": nil, "roles": nil}, nil, true},
+		{"extra blanks in scope", map[string]any{"scope": "  customers:read\tcustomers:write  "}, nil, true},
+		{"audience as a string", map[string]any{"scope": both, "aud": "order-management"}, nil, true},
+		{"several audiences in aud", map[string]any{"scope": both, "aud": []string{"another-api", "order-management"}}, nil, true},
+		{"the second configured audience", map[string]any{"scope": both, "aud": "api://order-management"}, nil, true},
+		{"header typ JWT", map[string]any{"scope": both}, []signOpt{withTyp("JWT")}, true},
+		{"no header typ", map[string]any{"scope": both}, []signOpt{withTyp("")}, true},
+		{"header typ application/at+jwt, any case", map[string]any{"scope": both}, []signOpt{withTyp("Application/AT+JWT")}, true},
+		{"typ claim Bearer (Keycloak)", map[string]any{"scope": both, "typ": "Bearer"}, nil, true},
+		{"nbf 2 minutes ahead", map[string]any{"scope": both, "nbf": now.Add(2 * time.Minute).Unix()}, nil, true},
+		{"nbf 4 minutes ahead", map[string]any{"scope": both, "nbf": now.Add(4 * time.Minute).Unix()}, nil, true},
+		{"exp in 30 seconds", map[string]any{"scope": both, "exp": now.Add(30 * time.Second).Unix()}, nil, true},
+		{"no scope claim at all", nil, nil, false},
+		{"empty scope", map[string]any{"scope": ""}, nil, false},
+		{"write does not imply read", map[string]any{"scope": "customers:write"}, nil, false},
+		{"other resource", map[string]any{"scope": "orders:read numbers:read"}, nil, false},
+		{"different case", map[string]any{"scope": "Customers:Read", "scp": []string{"CUSTOMERS:READ"}}, nil, false},
+		{"longer name", map[string]any{"scope": "customers:readonly"}, nil, false},
+		{"prefix", map[string]any{"scope": "customers", "roles": []string{"customers:"}}, nil, false},
+		{"wildcard", map[string]any{"scope": "customers:* *", "permissions": []string{"*"}}, nil, false},
+		{"comma-separated", map[string]any{"scope": "orders:read,customers:read"}, nil, false},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sub, id := fmt.Sprint("sub-", i), fmt.Sprint("auth-permissions-", i)
+			c := iss.claims(sub)
+			delete(c, "scope")
+			maps.Copy(c, tc.set)
+			tok := iss.sign(t, c, tc.opts...)
+			scheme := []string{"Bearer ", "bearer ", "BEARER "}[i%3] // RFC 7235: case-insensitive
+			headers := map[string]string{"Authorization": scheme + tok, "X-Request-Id": id}
+			r := ta.request("GET", "/v1/customers", nil, "", headers)
+			if !tc.granted {
+				r.must(t, http.StatusForbidden)
+				if got, want := r.header.Get("WWW-Authenticate"), `Bearer error="insufficient_scope", scope="customers:read"`; got != want {
+					t.Errorf("WWW-Authenticate: got %q, want %q", got, want)
+				}
+				r.problem(t)
+				return
+			}
+			r.must(t, http.StatusOK)
+			body := map[string]any{"code": fmt.Sprint("STYLE-", i), "name": "Amina Njoroge", "phone": fmt.Sprintf("+2547123456%02d", i)}
+			var created, stored customer
+			ta.request("POST", "/v1/customers", body, "application/json", headers).must(t, http.StatusCreated).json(t, &created)
+			ta.do("GET", fmt.Sprint("/v1/customers/", created.ID), nil).must(t, http.StatusOK).json(t, &stored)
+			if created.CreatedBy != sub || stored.CreatedBy != sub {
+				t.Errorf("created_by in the answer and read back: got %q and %q, want %q", created.CreatedBy, stored.CreatedBy, sub)
+			}
+			if line := authLogLine(t, ta, id); line["sub"] != sub {
+				t.Errorf("log line sub: got %v, want %q (line %v)", line["sub"], sub, line)
+			}
+			for _, secret := range authSecrets(tok) {
+				if strings.Contains(ta.logs.String(), secret) {
+					t.Errorf("the log holds the bearer token (or its signature) %q", secret)
+				}
+			}
+		})
+	}
+}
+
+// Every token that must not be trusted gets the same 401, so that a client
+// learns nothing about why; the reason, bounded and never the token, is
+// logged for operators. None may create anything: a claim the service does
+// not understand is no partial grant.
+func TestAuthAttacks(t *testing.T) {
+	ta := newTestApp(t, map[string]string{"OIDC_AUDIENCE": "order-management, api://order-management"})
+	iss := ta.issuer
+	now := time.Now()
+	// sign signs claims that would be accepted, with every scope, edited (nil
+	// deletes), so that only the defect under test can be why it is refused.
+	sign := func(edit map[string]any, opts ...signOpt) string {
+		c := iss.claims("attacker", allScopes...)
+		maps.Copy(c, edit)
+		maps.DeleteFunc(c, func(_ string, v any) bool { return v == nil })
+		return iss.sign(t, c, opts...)
+	}
+	foreignRSA, foreignEC := withKey(testKey("rsa-2")), withKey(testKey("ec-2"))
+	rsaKey := testKey("rsa-1")
+	der, _ := x509.MarshalPKIXPublicKey(rsaKey.Public().Key) // cannot fail for an RSA key
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	// A reader's token with a payload granting everything; unsigned tokens.
+	genuine := strings.Split(iss.token(t, "reader", "customers:read"), ".")
+	everything := segment(iss.claims("attacker", allScopes...))
+	tampered := genuine[0] + "." + everything + "." + genuine[2]
+	unsigned := func(header map[string]any, sig string) string { return segment(header) + "." + everything + "." + sig }
+	tok := sign(nil)
+
+	// why is a fragment of the logged reason: each is refused for its defect.
+	cases := []struct{ name, why, header string }{
+		{"Basic scheme", "bearer", "Basic " + base64.StdEncoding.EncodeToString([]byte("staff-1:secret"))},
+		{"Token scheme with a valid token", "bearer", "Token " + tok},
+		{"valid token without a scheme", "bearer", tok},
+		{"Bearer with nothing after it", "bearer", "Bearer"},
+		{"Bearer and blanks", "bearer", "Bearer     "},
+		{"garbage", "malformed", "Bearer not-a-jwt"},
+		{"empty segments", "malformed", "Bearer .."},
+		{"two tokens", "malformed", "Bearer " + tok + " " + tok},
+		{"a blank inside the token", "malformed", "Bearer " + strings.Replace(tok, ".", ". ", 1)},
+		{"two spaces after Bearer", "malformed", "Bearer  " + tok},
+		{"Authorization over 8 KiB", "bytes", "Bearer " + sign(map[string]any{"pad": strings.Repeat("x", 8<<10)})},
+		{"expired", "expired", "Bearer " + sign(map[string]any{"iat": now.Add(-2 * time.Hour).Unix(), "nbf": now.Add(-2 * time.Hour).Unix(), "exp": now.Add(-time.Hour).Unix()})},
+		{"exp 5 seconds ago", "expired", "Bearer " + sign(map[string]any{"exp": now.Add(-5 * time.Second).Unix()})},
+		{"nbf 6 minutes ahead", "nbf", "Bearer " + sign(map[string]any{"nbf": now.Add(6 * time.Minute).Unix()})},
+		{"nbf 10 minutes ahead", "nbf", "Bearer " + sign(map[string]any{"nbf": now.Add(10 * time.Minute).Unix()})},
+		{"no exp", "expired", "Bearer " + sign(map[string]any{"exp": nil})},
+		{"wrong issuer", "issued by", "Bearer " + sign(map[string]any{"iss": "https://login.evil.example"})},
+		{"issuer with a trailing slash", "issued by", "Bearer " + sign(map[string]any{"iss": iss.url + "/"})},
+		{"wrong audience", "audience", "Bearer " + sign(map[string]any{"aud": []string{"another-api"}})},
+		{"no audience", "audience", "Bearer " + sign(map[string]any{"aud": nil})},
+		{"no sub", "no sub", "Bearer " + sign(map[string]any{"sub": nil})},
+		{"empty sub", "no sub", "Bearer " + sign(map[string]any{"sub": ""})},
+		{"unknown kid, foreign key", "signature", "Bearer " + sign(nil, foreignRSA)},
+		{"foreign RSA key under kid rsa-1", "signature", "Bearer " + sign(nil, foreignRSA, withKid("rsa-1"))},
+		{"foreign EC key under kid ec-1", "signature", "Bearer " + sign(nil, foreignEC, withKid("ec-1"))},
+		{"foreign key, no kid", "signature", "Bearer " + sign(nil, foreignRSA, withKid(""))},
+		{"tampered payload", "signature", "Bearer " + tampered},
+		{"signature stripped", "malformed", "Bearer " + genuine[0] + "." + genuine[1] + "."},
+		{"alg none", "algorithm", "Bearer " + unsigned(map[string]any{"alg": "none", "typ": "JWT"}, "")},
+		{"alg none with kid rsa-1", "algorithm", "Bearer " + unsigned(map[string]any{"alg": "none", "kid": "rsa-1"}, "")},
+		{"HS256 keyed with the RSA public key's DER", "algorithm", "Bearer " + sign(nil, withKey(jose.JSONWebKey{Key: der, KeyID: "rsa-1", Algorithm: "HS256"}))},
+		{"HS256 keyed with the RSA public key's PEM", "algorithm", "Bearer " + sign(nil, withKey(jose.JSONWebKey{Key: pemKey, KeyID: "rsa-1", Algorithm: "HS256"}))},
+		{"an alg of 4 KiB", "algorithm", "Bearer " + unsigned(map[string]any{"alg": strings.Repeat("A", 4<<10)}, "c2ln")},
+		{"ID token (Keycloak typ claim)", "typ claim", "Bearer " + sign(map[string]any{"typ": "ID"}, withTyp("JWT"))},
+		{"logout token", "header typ", "Bearer " + sign(nil, withTyp("logout+jwt"))},
+		{"header typ not a string", "header typ", "Bearer " + unsigned(map[string]any{"alg": "RS256", "kid": "rsa-1", "typ": 1}, "c2ln")},
+		{"scp with a number in it", "claims", "Bearer " + sign(map[string]any{"scp": []any{"customers:write", 1}})},
+		{"scp a number", "claims", "Bearer " + sign(map[string]any{"scp": 123})},
+		{"scope an array", "claims", "Bearer " + sign(map[string]any{"scope": allScopes})},
+		{"permissions a string", "claims", "Bearer " + sign(map[string]any{"permissions": "customers:write"})},
+		{"roles a string", "claims", "Bearer " + sign(map[string]any{"roles": "customers:write"})},
+		{"roles with an object in it", "claims", "Bearer " + sign(map[string]any{"roles": []any{map[string]any{"customers:write": true}}})},
+	}
+	details := map[string][]string{} // detail -> the cases that got it
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for j, method := range []string{"GET", "POST"} {
+				id := fmt.Sprintf("auth-attack-%d-%d", i, j)
+				body := map[string]any{"code": "ATTACK-1", "name": "Mallory", "phone": "+254712345678"}
+				r := ta.request(method, "/v1/customers", body, "application/json", map[string]string{"Authorization": tc.header, "X-Request-Id": id})
+				r.must(t, http.StatusUnauthorized)
+				if got, want := r.header.Get("WWW-Authenticate"), `Bearer error="invalid_token"`; got != want {
+					t.Errorf("%s: WWW-Authenticate: got %q, want %q", method, got, want)
+				}
+				p := r.problem(t)
+				details[p.Detail] = append(details[p.Detail], tc.name)
+				note, _ := authLogLine(t, ta, id)["reason"].(string)
+				if !strings.Contains(strings.ToLower(note), tc.why) || len(note) > maxReason {
+					t.Errorf("%s: logged reason: got %q, want one about %q of at most %d bytes", method, note, tc.why, maxReason)
+				}
+				if _, raw, _ := strings.Cut(tc.header, " "); len(raw) > 20 {
+					for _, secret := range authSecrets(strings.TrimSpace(raw)) {
+						if strings.Contains(string(r.body), secret) || strings.Contains(ta.logs.String(), secret) {
+							t.Errorf("%s: the answer or the log holds the token (or its signature)", method)
+						}
+					}
+				}
+			}
+		})
+	}
+	if len(details) != 1 {
+		t.Errorf("got %d different details for refused tokens, want one for all: %v", len(details), details)
+	}
+	for detail := range details {
+		for _, word := range []string{"expir", "issuer", "audience", "aud", "signature", "kid", "key", "alg", "hs256", "none", "sub", "nbf", "basic", "scheme", "malformed", "typ", "scp", "oidc", "jose"} {
+			if strings.Contains(strings.ToLower(detail), word) {
+				t.Errorf("detail %q gives away %q", detail, word)
+			}
+		}
+	}
+	if got := ta.count("customers"); got != 0 {
+		t.Errorf("customers after the attacks: got %d, want 0", got)
+	}
+}
+
+// Every /v1 route checks the credentials before anything else: without a
+// token it asks for one (no error code, RFC 6750 section 3.1), two
+// Authorization headers are malformed whatever they hold, and a token with
+// every scope but the one needed, or a read-only one, gets 403. Nothing changes.
+func TestAuthRoutes(t *testing.T) {
+	ta := newTestApp(t, nil)
+	cust := ta.createCustomer("SCOPE-1", "+254712345678", nil)
+	number := map[string]any{"value": "+55 84 91234-0001", "monthyPrice": "0.03", "setupPrice": "3.40", "currency": "U$"}
+	var num phoneNumber
+	ta.do("POST", "/v1/numbers", number).must(t, http.StatusCreated).json(t, &num)
+	customerPath, numberPath := fmt.Sprint("/v1/customers/", cust.ID), fmt.Sprint("/v1/numbers/", num.ID)
+	// Each body would succeed, so that a missing check would show.
+	newCustomer := map[string]any{"code": "SCOPE-NEW", "name": "Baraka Otieno", "phone": "+254722000111"}
+	newOrder := map[string]any{"customer_id": cust.ID, "item": "whole-exome-sequencing", "amount": "1250.00"}
+	routes := []struct {
+		method, path, scope string
+		body                any
+	}{
+		{"POST", "/v1/customers", "customers:write", newCustomer},
+		{"GET", "/v1/customers", "customers:read", nil},
+		{"GET", customerPath, "customers:read", nil},
+		{"PATCH", customerPath, "customers:write", map[string]any{"name": "Changed"}},
+		{"DELETE", customerPath, "customers:write", nil},
+		{"POST", "/v1/customers/import", "customers:write", []any{newCustomer}},
+		{"POST", "/v1/orders", "orders:write", newOrder},
+		{"GET", "/v1/orders", "orders:read", nil},
+		{"GET", "/v1/orders/1", "orders:read", nil},
+		{"POST", "/v1/orders/import", "orders:write", []any{newOrder}},
+		{"GET", "/v1/numbers", "numbers:read", nil},
+		{"POST", "/v1/numbers", "numbers:write", number},
+		{"GET", numberPath, "numbers:read", nil},
+		{"PUT", numberPath, "numbers:write", number},
+		{"PATCH", numberPath, "numbers:write", map[string]any{"currency": "USD"}},
+		{"DELETE", numberPath, "numbers:write", nil},
+	}
+	readOnly := "Bearer " + ta.issuer.token(t, "read-only", "customers:read", "orders:read", "numbers:read")
+	tables := map[string]int{"customers": 0, "orders": 0, "phone_numbers": 0}
+	for table := range tables {
+		tables[table] = ta.count(table)
+	}
+	before := [2]response{ta.do("GET", customerPath, nil).must(t, http.StatusOK), ta.do("GET", numberPath, nil).must(t, http.StatusOK)}
+	type try struct {
+		name, challenge string
+		header          []string
+		status          int
+	}
+	handler, writes := ta.server.routes(), 0
+	for _, rt := range routes {
+		others := "Bearer " + ta.issuer.token(t, "almost-everything", slices.DeleteFunc(slices.Clone(allScopes), func(s string) bool { return s == rt.scope })...)
+		insufficient := `Bearer error="insufficient_scope", scope="` + rt.scope + `"`
+		tries := []try{
+			{"without a token", "Bearer", nil, http.StatusUnauthorized},
+			{"with two headers", `Bearer error="invalid_request"`, []string{"Bearer " + ta.token, "Bearer " + ta.token}, http.StatusBadRequest},
+			{"with every other scope", insufficient, []string{others}, http.StatusForbidden},
+		}
+		if strings.HasSuffix(rt.scope, ":write") {
+			tries, writes = append(tries, try{"read-only", insufficient, []string{readOnly}, http.StatusForbidden}), writes+1
+		}
+		for _, try := range tries {
+			t.Run(rt.method+" "+rt.path+" "+try.name, func(t *testing.T) {
+				body, _ := json.Marshal(rt.body) // a JSON value always encodes
+				req := httptest.NewRequest(rt.method, rt.path, bytes.NewReader(body))
+				req.Header["Content-Type"], req.Header["Authorization"] = []string{"application/json"}, try.header
+				rec := httptest.NewRecorder()
+				handler.ServeHTTP(rec, req)
+				r := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}.must(t, try.status)
+				if got := r.header.Get("WWW-Authenticate"); got != try.challenge {
+					t.Errorf("WWW-Authenticate: got %q, want %q", got, try.challenge)
+				}
+				r.problem(t)
+			})
+		}
+	}
+	if writes != 10 {
+		t.Errorf("write routes walked: got %d, want 10", writes)
+	}
+	for table, n := range tables {
+		if got := ta.count(table); got != n {
+			t.Errorf("rows in %s: got %d, want %d", table, got, n)
+		}
+	}
+	after := [2]response{ta.do("GET", customerPath, nil).must(t, http.StatusOK), ta.do("GET", numberPath, nil).must(t, http.StatusOK)}
+	for i := range after {
+		if string(after[i].body) != string(before[i].body) {
+			t.Errorf("after the refused writes: got %s, want %s", after[i].body, before[i].body)
+		}
+	}
+}
+
+// authClock makes ks's clock run ahead of the real one by what advance adds.
+func authClock(ks *keySet) (advance func(time.Duration)) {
+	var ahead atomic.Int64
+	ks.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	return func(d time.Duration) { ahead.Add(int64(d)) }
+}
+
+// authWait waits until ks has no fetch under way.
+func authWait(ks *keySet) {
+	ks.mu.Lock()
+	done := ks.fetching
+	ks.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// A provider rotating its keys is followed without a restart: a key it signs
+// with as soon as it publishes it works at once, right after start-up and
+// right after a refresh, and a key it drops stops working once fetched again.
+func TestAuthKeyRotation(t *testing.T) {
+	ta := newTestApp(t, nil)
+	advance := authClock(ta.server.auth.keys)
+	keyA, keyB, keyC, keyD, keyE := testKey("rsa-1"), testKey("ec-2"), testKey("rsa-2"), testKey("ec-3"), testKey("ec-4")
+	steps := []struct {
+		name    string
+		wait    time.Duration // how far the keys' clock moves first
+		publish []any         // nil: leave the JWKS as it is
+		key     jose.JSONWebKey
+		status  int
+	}{
+		{"a key published right after start-up", 0, []any{keyA, keyD}, keyD, http.StatusOK},
+		{"the current key", 0, nil, keyA, http.StatusOK},
+		{"the next key before it is published", keyRetryID, nil, keyB, http.StatusUnauthorized},
+		{"the next key once published", keyRetryID, []any{keyA, keyB}, keyB, http.StatusOK},
+		{"the current key at max age, while the keys are refreshed", keyMaxAge, nil, keyA, http.StatusOK},
+		{"a key published right after the refresh", 0, []any{keyA, keyB, keyE}, keyE, http.StatusOK},
+		{"a third key replacing all", keyRetryID, []any{keyC}, keyC, http.StatusOK},
+		{"a retired key, once the JWKS is fetched again", keyRetryID, nil, keyA, http.StatusUnauthorized},
+		{"another retired key", keyRetryID, nil, keyB, http.StatusUnauthorized},
+		{"the third key still", 0, nil, keyC, http.StatusOK},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			advance(st.wait)
+			if st.publish != nil {
+				ta.issuer.publish(st.publish...)
+			}
+			tok := ta.issuer.sign(t, ta.issuer.claims(st.name, "customers:read"), withKey(st.key))
+			ta.request("GET", "/v1/customers", nil, "", map[string]string{"Authorization": "Bearer " + tok}).must(t, st.status)
+			authWait(ta.server.auth.keys) // for the refresh this step began
+		})
+	}
+	if got := ta.issuer.jwksHits.Load(); got != 9 {
+		t.Errorf("JWKS fetches: got %d, want 9 (start-up, one for each new or unknown key id, the refresh)", got)
+	}
+}
+
+// authKeySet returns a key set over f's JWKS and a way to move its clock.
+func authKeySet(t *testing.T, f *fakeOIDC) (*keySet, func(time.Duration)) {
+	ks, err := newKeySet(f.url+"/jwks", &http.Client{Timeout: 5 * time.Second}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks, authClock(ks)
+}
+
+// Unknown key ids cost at most one JWKS fetch per keyRefill however many
+// come, a repeated one one per keyRetryID, so that a key published meanwhile
+// is still fetched at once; a forged signature under a known kid costs none.
+func TestKeySetForgedKeyIDs(t *testing.T) {
+	f := newFakeOIDC(t)
+	ks, advance := authKeySet(t, f)
+	forged := func(kid string) {
+		if _, err := ks.VerifySignature(t.Context(), f.sign(t, f.claims("forger"), withKey(testKey("ec-2")), withKid(kid))); err == nil {
+			t.Errorf("a forged token under kid %q verified", kid)
+		}
+	}
+	for i := range 100 {
+		forged([]string{"rsa-1", "ec-1"}[i%2])
+	}
+	if got := f.jwksHits.Load(); got != 1 {
+		t.Errorf("JWKS fetches after forged signatures under known key ids: got %d, want 1 (start-up)", got)
+	}
+	for s := range 60 { // a minute of twenty forged key ids a second, at once
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() { forged(fmt.Sprint("forged-", s, "-", i)) })
+		}
+		wg.Wait()
+		advance(time.Second)
+	}
+	if got := f.jwksHits.Load() - 1; got != 6 {
+		t.Errorf("JWKS fetches in a minute of forged key ids: got %d, want 6 (one per %v)", got, keyRefill)
+	}
+	for range 6 { // a minute of one withdrawn key id, every keyRefill
+		advance(keyRefill)
+		forged("withdrawn")
+	}
+	late := testKey("ec-published-late")
+	f.publish(testKey("rsa-1"), late)
+	if _, err := ks.VerifySignature(t.Context(), f.sign(t, f.claims("late"), withKey(late))); err != nil {
+		t.Errorf("a key published after the forged ones: %v", err)
+	}
+	if got := f.jwksHits.Load() - 7; got != 2 {
+		t.Errorf("JWKS fetches for the repeated key id and the new key: got %d, want 2", got)
+	}
+}
+
+// At the keys' max age, with a JWKS taking 3 s, ten concurrent requests are
+// answered at once from the cached keys, a key the provider withdrew among
+// them, until the refresh lands; that one refresh also serves the requests
+// that need a new key, each waiting as long as its own context allows. An
+// outage keeps the keys known; a JWKS failing or without a usable key stops
+// start-up.
+func TestKeySetMaxAgeAndOutage(t *testing.T) {
+	f := newFakeOIDC(t)
+	ks, advance := authKeySet(t, f)
+	withdrawn := f.token(t, "withdrawn") // signed with rsa-1
+	f.publish(testKey("ec-1"))
+	f.rotate()
+	fresh := f.token(t, "fresh")
+	f.fail(0, 3*time.Second)
+	advance(keyMaxAge - time.Second)
+	if _, err := ks.VerifySignature(t.Context(), withdrawn); err != nil || f.jwksHits.Load() != 1 {
+		t.Fatalf("before the max age: got %v after %d fetches, want the cached key and no fetch", err, f.jwksHits.Load()-1)
+	}
+	advance(time.Second)
+	errs := make([]error, 10)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = ks.VerifySignature(t.Context(), withdrawn) })
+	}
+	wg.Wait()
+	impatient, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	// Had the ten waited for the refresh, it would have brought fresh's key.
+	if _, err := ks.VerifySignature(impatient, fresh); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a request whose context ends first: got %v, want %v", err, context.DeadlineExceeded)
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Errorf("requests with cached keys: %v", err)
+	}
+	if _, err := ks.VerifySignature(t.Context(), fresh); err != nil {
+		t.Errorf("a request that waits for the refresh: %v", err)
+	}
+	f.fail(0, 0)
+	if _, err := ks.VerifySignature(t.Context(), withdrawn); err == nil {
+		t.Error("a withdrawn key verified after the refresh")
+	}
+	if got := f.jwksHits.Load(); got != 3 {
+		t.Errorf("JWKS fetches: got %d, want 3 (start-up, the refresh, one for the withdrawn key id)", got)
+	}
+	f.publish(testKey("ec-1"), map[string]string{"kty": "future", "kid": "x"}) // a key of an unknown type is skipped
+	f.fail(http.StatusServiceUnavailable, 0)
+	advance(keyMaxAge)
+	for i := range 20 {
+		if _, err := ks.VerifySignature(t.Context(), f.sign(t, f.claims("s"), withKid(""))); err != nil {
+			t.Fatalf("during a provider outage, a token without kid, tried against every known key (attempt %d): %v", i, err)
+		}
+		authWait(ks)
+	}
+	if got := f.jwksHits.Load(); got != 4 {
+		t.Errorf("JWKS fetches: got %d, want 4 (one in the outage; the next after %v)", got, keyRefill)
+	}
+	if _, err := newKeySet(f.url+"/jwks", http.DefaultClient, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("a failing JWKS loaded")
+	}
+	f.fail(0, 0)
+	if ks, err := newKeySet(f.url+"/jwks", http.DefaultClient, slog.New(slog.DiscardHandler)); err != nil || len(ks.keys) != 1 {
+		t.Errorf("a JWKS with a key of an unknown type: got %v, want its one usable key", err)
+	}
+	f.publish(map[string]string{"kty": "future", "kid": "x"})
+	if _, err := newKeySet(f.url+"/jwks", http.DefaultClient, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("a JWKS without a usable key loaded")
+	}
+}
+
+// A verified token is admitted again without being verified, for a minute
+// at most and never past its exp; the cache's size is bounded.
+func TestAuthTokenCache(t *testing.T) {
+	f := newFakeOIDC(t)
+	a, err := newAuthenticator(t.Context(), f.url, []string{f.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := f.claims("short")
+	short["exp"] = time.Now().Add(30 * time.Second).Unix()
+	tokens := map[string]time.Time{f.token(t, "long"): time.Now().Add(tokenCacheTTL), f.sign(t, short): time.Unix(short["exp"].(int64), 0)}
+	for tok := range tokens {
+		if _, err := a.verify(t.Context(), tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.audiences = []string{"another-api"} // verifying them again would fail
+	for tok, until := range tokens {
+		_, err := a.verify(t.Context(), tok)
+		p := a.verified[sha256.Sum256([]byte(tok))]
+		if d := p.until.Sub(until); err != nil || d < -time.Second || d > time.Second {
+			t.Errorf("%s's token: got %v, cached until %v, want it cached until %v", p.subject, err, p.until, until)
+		}
+		p.until = time.Now()
+		if _, err := a.verify(t.Context(), tok); err == nil {
+			t.Errorf("%s's token was admitted from the cache past its time", p.subject)
+		}
+	}
+	a.audiences = []string{f.audience}
+	for i := range tokenCacheSize {
+		a.verified[[32]byte{byte(i), byte(i >> 8)}] = &principal{}
+	}
+	if _, err := a.verify(t.Context(), f.token(t, "one more")); err != nil || len(a.verified) > tokenCacheSize {
+		t.Errorf("one more token: got %v and %d entries, want at most %d", err, len(a.verified), tokenCacheSize)
+	}
+}
+
+// Start-up waits a bounded time for the provider: it gives up within its
+// patience with one line naming the variable to fix, never showing a
+// password in the URL, and succeeds when the provider answers meanwhile.
+func TestAuthStartup(t *testing.T) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	down, up, broken := httptest.NewServer(nil), newFakeOIDC(t), newFakeOIDC(t)
+	down.Close() // refuses connections from now on
+	broken.fail(http.StatusNotFound, 0)
+	for name, issuer := range map[string]string{
+		"provider refuses connections":          down.URL,
+		"refused, with credentials in the URL":  strings.Replace(down.URL, "//", "//staff:s3cret@", 1),
+		"answered, with credentials in the URL": strings.Replace(up.url, "//", "//staff:s3cret@", 1),
+		"discovery answers 404":                 broken.url,
+	} {
+		t.Run(name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			patience := 600 * time.Millisecond
+			start := time.Now()
+			a, err := newAuthenticator(t.Context(), issuer, []string{"order-management"}, client, patience, slog.New(slog.NewJSONHandler(logs, nil)))
+			elapsed := time.Since(start)
+			if err == nil {
+				t.Fatalf("got an authenticator %v, want an error", a)
+			}
+			if msg := err.Error(); !strings.HasPrefix(msg, "OIDC_ISSUER_URL: ") || strings.Contains(msg, "\n") {
+				t.Errorf("error: got %q, want one line naming OIDC_ISSUER_URL", msg)
+			}
+			if strings.Contains(err.Error()+logs.String(), "s3cret") || !strings.Contains(logs.String(), "retrying") {
+				t.Errorf("got the error %q and the log %s, want a warning that discovery is retried and no password", err, logs)
+			}
+			// The slack covers the refused attempts themselves, slowed by -race.
+			if limit := patience + 400*time.Millisecond; elapsed > limit {
+				t.Errorf("gave up after %v, want within %v", elapsed, limit)
+			}
+		})
+	}
+	t.Run("provider answers after 300ms", func(t *testing.T) {
+		late := newFakeOIDC(t)
+		late.fail(http.StatusServiceUnavailable, 0)
+		time.AfterFunc(300*time.Millisecond, func() { late.fail(0, 0) })
+		start := time.Now()
+		a, err := newAuthenticator(t.Context(), late.url, []string{late.audience}, client, 5*time.Second, slog.New(slog.DiscardHandler))
+		if elapsed := time.Since(start); err != nil || elapsed < 300*time.Millisecond {
+			t.Fatalf("got %v after %v, want the authenticator once the provider answers, after 300ms", err, elapsed)
+		}
+		p, err := a.verify(t.Context(), late.token(t, "late-sub", "customers:read"))
+		if err != nil || p.subject != "late-sub" || !slices.Contains(p.scopes, "customers:read") {
+			t.Errorf("the late provider's token: got %+v, %v, want late-sub with customers:read", p, err)
+		}
+	})
+}
