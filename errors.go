@@ -26,9 +26,10 @@ type conflictError struct{ detail string }
 
 func (e *conflictError) Error() string { return e.detail }
 
-// requestError is a request refused before its meaning is looked at:
-// malformed JSON, an unknown member, a body too large or of the wrong type,
-// or the service too busy to take it (status 503).
+// requestError is a request refused for what it holds: malformed JSON, an
+// unknown member, a body too large or of the wrong type (4xx), the service
+// too busy to take it (503), or, with status 422, well-formed input that
+// breaks a rule, naming every bad field (the first maxFieldErrors of them).
 type requestError struct {
 	status int
 	detail string
@@ -37,14 +38,10 @@ type requestError struct {
 
 func (e *requestError) Error() string { return e.detail }
 
-// validationError is well-formed input that breaks a rule; it names every
-// bad field (the first maxFieldErrors of them).
-type validationError struct {
-	detail string
-	fields []fieldError
+// invalid is a 422 naming one bad input.
+func invalid(f fieldError) *requestError {
+	return &requestError{status: http.StatusUnprocessableEntity, detail: describe(f), fields: []fieldError{f}}
 }
-
-func (e *validationError) Error() string { return e.detail }
 
 // fieldError names one bad input: Pointer is an RFC 6901 JSON pointer into the
 // body ("#/amount", "#/3/phone"), Parameter a query parameter, Header a request
@@ -107,18 +104,18 @@ func (c *checker) addError(f fieldError) {
 	}
 }
 
-// err returns nil when nothing was added, else a validationError whose detail
-// is the lone error's or a count.
+// err returns nil when nothing was added, else a 422 whose detail is the
+// lone error's or a count.
 func (c *checker) err() error {
 	switch {
 	case c.total == 0:
 		return nil
 	case c.total == 1:
-		return &validationError{detail: describe(c.fields[0]), fields: c.fields}
+		return invalid(c.fields[0])
 	case c.total > len(c.fields):
-		return &validationError{detail: fmt.Sprintf("%d problems; the first %d are listed", c.total, len(c.fields)), fields: c.fields}
+		return &requestError{http.StatusUnprocessableEntity, fmt.Sprintf("%d problems; the first %d are listed", c.total, len(c.fields)), c.fields}
 	}
-	return &validationError{detail: strconv.Itoa(c.total) + " problems; see errors", fields: c.fields}
+	return &requestError{http.StatusUnprocessableEntity, strconv.Itoa(c.total) + " problems; see errors", c.fields}
 }
 
 // describe is a lone field error as a problem's detail: its own detail, with
@@ -159,7 +156,6 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 	var (
 		conflict *conflictError
 		request  *requestError
-		invalid  *validationError
 		auth     *authError
 	)
 	switch {
@@ -176,8 +172,6 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "5")
 		}
 		writeProblem(w, request.status, request.detail, request.fields)
-	case errors.As(err, &invalid):
-		writeProblem(w, http.StatusUnprocessableEntity, invalid.detail, invalid.fields)
 	case databaseUnavailable(err):
 		info.cause = err
 		w.Header().Set("Retry-After", "2")

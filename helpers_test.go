@@ -450,5 +450,3 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -48,7 +48,7 @@ func serveImport[T any](w http.ResponseWriter, r *http.Request, slots chan struc
 	}
 	batch, err := readImport(w, r, columns, fromCSV)
 	if err == nil && len(batch.items) == 0 {
-		err = &validationError{detail: "the import holds no rows", fields: []fieldError{{Pointer: "#", Detail: "must hold at least one row"}}}
+		err = invalid(fieldError{Pointer: "#", Detail: "must hold at least one row"})
 	}
 	var ids []int64
 	if err == nil {

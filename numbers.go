@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,15 +29,22 @@ type numberInput struct {
 	Currency     optional[string] `json:"currency"`
 }
 
-// apply checks in and writes the fields it sets into n. With partial false
-// (POST, PUT) every field is required.
-func (in *numberInput) apply(n *phoneNumber, partial bool, c *checker) {
+// numberPatch is a checked POST, PUT or PATCH: the fields it sets, nil for
+// those it leaves as they are (PATCH only).
+type numberPatch struct {
+	value, currency *string
+	monthly, setup  *Money
+}
+
+// check reports every rule in breaks and returns the fields it sets. With
+// partial false (POST, PUT) every field is required.
+func (in *numberInput) check(partial bool, c *checker) numberPatch {
+	var p numberPatch
 	if in.Value.Set || !partial {
 		if d := checkNumberValue(in.Value.Value); d != "" {
 			c.add("value", d)
-		} else {
-			n.Value = strings.TrimSpace(in.Value.Value)
 		}
+		p.value = ptr(strings.TrimSpace(in.Value.Value))
 	}
 	monthly, name := in.MonthyPrice, "monthyPrice"
 	if in.MonthlyPrice.set {
@@ -45,35 +53,32 @@ func (in *numberInput) apply(n *phoneNumber, partial bool, c *checker) {
 		}
 		monthly, name = in.MonthlyPrice, "monthlyPrice"
 	}
-	applyMoney(monthly, name, &n.MonthlyPrice, partial, c)
-	applyMoney(in.SetupPrice, "setupPrice", &n.SetupPrice, partial, c)
+	p.monthly, p.setup = checkPrice(monthly, name, partial, c), checkPrice(in.SetupPrice, "setupPrice", partial, c)
 	if in.Currency.Set || !partial {
 		if d := checkNumberCurrency(in.Currency.Value); d != "" {
 			c.add("currency", d)
-		} else {
-			n.Currency = in.Currency.Value
 		}
+		p.currency = &in.Currency.Value
 	}
-	if partial && !in.Value.Set && !monthly.set && !in.SetupPrice.set && !in.Currency.Set {
+	if p == (numberPatch{}) {
 		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of value, monthyPrice, setupPrice, currency"})
 	}
+	return p
 }
 
-// applyMoney parses a price into dst, or reports why it cannot.
-func applyMoney(in moneyInput, name string, dst *Money, partial bool, c *checker) {
+// checkPrice parses a price, nil when a partial update leaves it out.
+func checkPrice(in moneyInput, name string, partial bool, c *checker) *Money {
 	if !in.set && partial {
-		return
-	}
-	if !in.set {
-		c.add(name, "is required")
-		return
+		return nil
 	}
 	m, err := parseMoney(in.text)
+	if !in.set {
+		err = errors.New("is required")
+	}
 	if err != nil {
 		c.add(name, err.Error())
-		return
 	}
-	*dst = m
+	return &m
 }
 
 // checkNumberValue accepts a phone number written with digits and the usual
@@ -105,21 +110,16 @@ func checkNumberCurrency(s string) string {
 }
 
 func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
-	var (
-		in numberInput
-		n  phoneNumber
-	)
+	var in numberInput
 	err := decodeJSON(w, r, &in)
+	var created phoneNumber
 	if err == nil {
 		c := newChecker()
-		in.apply(&n, false, c)
-		err = c.err()
+		p := in.check(false, c)
+		if err = c.err(); err == nil {
+			created, err = s.store.createNumber(r.Context(), p, subject(r))
+		}
 	}
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	created, err := s.store.createNumber(r.Context(), n, subject(r))
 	if err == nil {
 		w.Header().Set("Location", "/v1/numbers/"+strconv.FormatInt(created.ID, 10))
 	}
@@ -129,11 +129,10 @@ func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
 func (s *server) handleListNumbers(w http.ResponseWriter, r *http.Request) {
 	c := newChecker()
 	p := parsePage(r.URL.Query(), 'n', c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
+	ns, err := []phoneNumber(nil), c.err()
+	if err == nil {
+		ns, err = s.store.listNumbers(r.Context(), p)
 	}
-	ns, err := s.store.listNumbers(r.Context(), p)
 	if err != nil {
 		fail(w, r, err)
 		return
@@ -155,22 +154,21 @@ func (s *server) handlePatchNumber(w http.ResponseWriter, r *http.Request) {
 }
 
 // updateNumber serves PUT (partial false: a full replacement, every field
-// required) and PATCH. The body is checked before the row is read, so a bad
-// body answers 422 for a number that does not exist as well as one that does.
+// required) and PATCH. The body is checked first, so a bad body answers 422
+// for a number that does not exist as well as one that does.
 func (s *server) updateNumber(w http.ResponseWriter, r *http.Request, partial bool) {
 	var in numberInput
 	id, err := pathID(r)
 	if err == nil {
 		err = decodeJSON(w, r, &in)
 	}
-	if err == nil {
-		c := newChecker()
-		in.apply(&phoneNumber{}, partial, c)
-		err = c.err()
-	}
 	var updated phoneNumber
 	if err == nil {
-		updated, err = s.store.updateNumber(r.Context(), id, func(n *phoneNumber) { in.apply(n, partial, newChecker()) })
+		c := newChecker()
+		p := in.check(partial, c)
+		if err = c.err(); err == nil {
+			updated, err = s.store.updateNumber(r.Context(), id, p)
+		}
 	}
 	respond(w, r, http.StatusOK, updated, err)
 }

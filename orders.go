@@ -151,34 +151,22 @@ func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 	}
 	placed, err := s.place(r, p, c, func(int) {})
 	if errors.Is(err, errKeyReused) {
-		err = &validationError{detail: "this Idempotency-Key was used with a different request",
-			fields: []fieldError{{Header: "Idempotency-Key", Detail: "this Idempotency-Key was used with a different request body"}}}
+		err = invalid(fieldError{Header: "Idempotency-Key", Detail: "this Idempotency-Key was used with a different request body"})
 	}
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	if placed.replayOf != 0 {
-		replayed, err := s.store.getOrder(r.Context(), placed.replayOf)
-		w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(placed.replayOf, 10))
-		respond(w, r, http.StatusCreated, replayed, err)
-		return
-	}
-	created := order{ID: placed.ids[0], CustomerID: placed.customerIDs[0], Item: o.item, Amount: o.amount,
-		Currency: o.currency, Time: o.time, CreatedBy: p.by}
-	if ch := placed.channels[0]; ch != channelNone {
-		created.Notification = &notificationView{Channel: ch, Status: "pending"}
-		s.outbox.wake()
-	}
-	w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(created.ID, 10))
-	writeJSON(w, r, http.StatusCreated, created)
+	w.Header().Set("Location", "/v1/orders/"+strconv.FormatInt(placed[0].ID, 10))
+	writeJSON(w, r, http.StatusCreated, placed[0])
 }
 
-// place hands p to the store and adds what it could not place to the errors
-// c already holds; locate(i) moves c to order i. It returns the first error
-// of the lot, or what was placed.
-func (s *server) place(r *http.Request, p placement, c *checker, locate func(i int)) (placedOrders, error) {
+// place hands p to the store, wakes the worker for what it placed, and adds
+// what it could not place to the errors c already holds; locate(i) moves c
+// to order i. It returns the placed orders, or the errors of the lot.
+func (s *server) place(r *http.Request, p placement, c *checker, locate func(i int)) ([]order, error) {
 	placed, err := s.store.placeOrders(r.Context(), p)
+	s.outbox.wake()
 	var unplaced *unplacedError
 	if errors.As(err, &unplaced) {
 		for _, u := range unplaced.orders {
@@ -243,7 +231,7 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("notify"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			fail(w, r, &validationError{detail: "notify must be true or false", fields: []fieldError{{Parameter: "notify", Detail: "notify must be true or false"}}})
+			fail(w, r, invalid(fieldError{Parameter: "notify", Detail: "notify must be true or false"}))
 			return
 		}
 		notify = b
@@ -261,10 +249,11 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 		}
 		p.checkOnly = c.total > 0
 		placed, err := s.place(r, p, c, func(i int) { c.at(i, batch.csv) })
-		if err == nil && notify {
-			s.outbox.wake()
+		ids := make([]int64, len(placed))
+		for i, o := range placed {
+			ids[i] = o.ID
 		}
-		return placed.ids, err
+		return ids, err
 	})
 }
 

@@ -267,13 +267,14 @@ func scanNumber(row scanner) (phoneNumber, error) {
 	return n, notFound(err)
 }
 
-// createNumber inserts n; a number with the same digits is a conflictError.
-func (s *store) createNumber(ctx context.Context, n phoneNumber, by string) (phoneNumber, error) {
+// createNumber inserts the number p describes (every field set); a number
+// with the same digits is a conflictError.
+func (s *store) createNumber(ctx context.Context, p numberPatch, by string) (phoneNumber, error) {
 	created, err := scanNumber(s.db.QueryRowContext(ctx, `
 		INSERT INTO phone_numbers (value, digits, monthly_price, setup_price, currency, created_by)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		RETURNING `+numberColumns,
-		n.Value, digitsOf(n.Value), n.MonthlyPrice, n.SetupPrice, n.Currency, by))
+		p.value, digitsOf(*p.value), p.monthly, p.setup, p.currency, by))
 	return created, conflictFrom(err, "phone number")
 }
 
@@ -290,31 +291,21 @@ func (s *store) listNumbers(ctx context.Context, p pageRequest) ([]phoneNumber, 
 	return collect(rows, err, scanNumber)
 }
 
-// updateNumber changes number id with apply, which sees the stored number
-// (a PUT replaces it, a PATCH merges into it), in one transaction so that
-// concurrent PATCHes of different fields all take effect. It returns
-// errNotFound, or a conflictError when the digits are taken.
-func (s *store) updateNumber(ctx context.Context, id int64, apply func(*phoneNumber)) (phoneNumber, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return phoneNumber{}, err
+// updateNumber sets the fields p sets, in one statement, so that concurrent
+// PATCHes of different fields all take effect. It returns errNotFound, or a
+// conflictError when the digits are taken.
+func (s *store) updateNumber(ctx context.Context, id int64, p numberPatch) (phoneNumber, error) {
+	var digits *string
+	if p.value != nil {
+		digits = ptr(digitsOf(*p.value))
 	}
-	defer tx.Rollback()
-	n, err := scanNumber(tx.QueryRowContext(ctx, `SELECT `+numberColumns+` FROM phone_numbers WHERE id = $1 FOR UPDATE`, id))
-	if err != nil {
-		return n, err
-	}
-	apply(&n)
-	n, err = scanNumber(tx.QueryRowContext(ctx, `
-		UPDATE phone_numbers
-		SET value = $2, digits = $3, monthly_price = $4, setup_price = $5, currency = $6
+	n, err := scanNumber(s.db.QueryRowContext(ctx, `
+		UPDATE phone_numbers SET value = COALESCE($2, value), digits = COALESCE($3, digits),
+			monthly_price = COALESCE($4, monthly_price), setup_price = COALESCE($5, setup_price), currency = COALESCE($6, currency)
 		WHERE id = $1
 		RETURNING `+numberColumns,
-		id, n.Value, digitsOf(n.Value), n.MonthlyPrice, n.SetupPrice, n.Currency))
-	if err != nil {
-		return n, conflictFrom(err, "phone number")
-	}
-	return n, tx.Commit()
+		id, p.value, digits, p.monthly, p.setup, p.currency))
+	return n, conflictFrom(err, "phone number")
 }
 
 // deleteNumber deletes one number, or returns errNotFound.

@@ -121,15 +121,6 @@ type placement struct {
 	fingerprint []byte
 }
 
-// placedOrders is what placeOrders did: for each order in input order, its
-// id, its customer's id and the channel it will be notified on; or, when the
-// idempotency key was used before for the same request, that order's id.
-type placedOrders struct {
-	ids, customerIDs []int64
-	channels         []string
-	replayOf         int64
-}
-
 // unplacedError reports the orders that cannot be placed.
 type unplacedError struct{ orders []unplaced }
 
@@ -192,11 +183,12 @@ FROM routed r LEFT JOIN placed p USING (id)
 ORDER BY r.n`
 
 // placeOrders is the one way orders come into being: all of p's orders or
-// none, in one statement. It returns an unplacedError naming the orders that
-// name an unknown customer or one that their channel cannot reach, and
-// errKeyReused for a key used before with a different request; a key used
-// before for the same request returns that request's order in replayOf.
-func (s *store) placeOrders(ctx context.Context, p placement) (placedOrders, error) {
+// none, in one statement. It returns them in input order, or an
+// unplacedError naming the orders that name an unknown customer or one that
+// their channel cannot reach, or errKeyReused for a key used before with a
+// different request; a key used before for the same request returns the
+// order that request placed, as it is now.
+func (s *store) placeOrders(ctx context.Context, p placement) ([]order, error) {
 	n := len(p.orders)
 	// Column by column, for unnest.
 	customerIDs, times, explicit := make([]int64, n), make([]time.Time, n), make([]bool, n)
@@ -209,11 +201,11 @@ func (s *store) placeOrders(ctx context.Context, p placement) (placedOrders, err
 	rows, err := s.db.QueryContext(ctx, placeSQL, customerIDs, codes, items, amounts, currencies, times, channels, addresses, explicit,
 		p.checkOnly, p.by, p.key, p.fingerprint)
 	if err != nil {
-		return placedOrders{}, err
+		return nil, err
 	}
 	defer rows.Close()
 	var (
-		placed  placedOrders
+		placed  []order
 		refused []unplaced
 		ok      bool
 	)
@@ -225,25 +217,27 @@ func (s *store) placeOrders(ctx context.Context, p placement) (placedOrders, err
 			id         sql.NullInt64
 		)
 		if err := rows.Scan(&customerID, &reachable, &channel, &id, &ok); err != nil {
-			return placedOrders{}, err
+			return nil, err
 		}
-		named := p.orders[i].customerID != 0 || p.orders[i].customerCode != ""
-		if !customerID.Valid && named || customerID.Valid && !reachable {
+		o := p.orders[i]
+		if !customerID.Valid && (o.customerID != 0 || o.customerCode != "") || customerID.Valid && !reachable {
 			refused = append(refused, unplaced{index: i, customerFound: customerID.Valid})
 		}
-		placed.ids = append(placed.ids, id.Int64)
-		placed.customerIDs = append(placed.customerIDs, customerID.Int64)
-		placed.channels = append(placed.channels, channel)
+		placed = append(placed, order{ID: id.Int64, CustomerID: customerID.Int64, Item: o.item, Amount: o.amount,
+			Currency: o.currency, Time: o.time, CreatedBy: p.by})
+		if channel != channelNone {
+			placed[i].Notification = &notificationView{Channel: channel, Status: "pending"}
+		}
 	}
 	err = rows.Err()
 	switch {
 	case pgCode(err) == foreignKeyViolation:
-		return placedOrders{}, &conflictError{detail: "a customer was deleted while its orders were placed; nothing was placed"}
+		return nil, &conflictError{detail: "a customer was deleted while its orders were placed; nothing was placed"}
 	case err != nil:
-		return placedOrders{}, err
+		return nil, err
 	case len(refused) > 0:
-		return placedOrders{}, &unplacedError{orders: refused}
-	case ok && p.key != "" && placed.ids[0] == 0:
+		return nil, &unplacedError{orders: refused}
+	case ok && p.key != "" && placed[0].ID == 0:
 		return s.replay(ctx, p)
 	}
 	return placed, nil
@@ -251,7 +245,7 @@ func (s *store) placeOrders(ctx context.Context, p placement) (placedOrders, err
 
 // replay returns the order an idempotency key already placed, or
 // errKeyReused when the key came with a different request.
-func (s *store) replay(ctx context.Context, p placement) (placedOrders, error) {
+func (s *store) replay(ctx context.Context, p placement) ([]order, error) {
 	var (
 		fingerprint []byte
 		orderID     int64
@@ -262,9 +256,10 @@ func (s *store) replay(ctx context.Context, p placement) (placedOrders, error) {
 	case errors.Is(err, sql.ErrNoRows):
 		return s.placeOrders(ctx, p) // purged since the conflict: the key is free again
 	case err != nil:
-		return placedOrders{}, err
+		return nil, err
 	case !bytes.Equal(fingerprint, p.fingerprint):
-		return placedOrders{}, errKeyReused
+		return nil, errKeyReused
 	}
-	return placedOrders{replayOf: orderID}, nil
+	o, err := s.getOrder(ctx, orderID)
+	return []order{o}, err
 }

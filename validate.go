@@ -142,3 +142,5 @@ func (o optional[T]) ptr() *T {
 	}
 	return &o.Value
 }
+
+func ptr[T any](v T) *T { return &v }
