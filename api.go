@@ -56,23 +56,23 @@ func (s *server) routeTable() []route {
 		{"POST /hooks/africastalking/{secret}", "", s.handleDeliveryReport},
 
 		{"POST /v1/customers", "customers:write", s.handleCreateCustomer},
-		{"GET /v1/customers", "customers:read", s.handleListCustomers},
-		{"GET /v1/customers/{id}", "customers:read", s.handleGetCustomer},
+		{"GET /v1/customers", "customers:read", list('c', s.store.listCustomers, customerCursor)},
+		{"GET /v1/customers/{id}", "customers:read", one(s.store.getCustomer)},
 		{"PATCH /v1/customers/{id}", "customers:write", s.handlePatchCustomer},
-		{"DELETE /v1/customers/{id}", "customers:write", s.handleDeleteCustomer},
+		{"DELETE /v1/customers/{id}", "customers:write", remove(s.store.deleteCustomer)},
 		{"POST /v1/customers/import", "customers:write", s.handleImportCustomers},
 
 		{"POST /v1/orders", "orders:write", s.handleCreateOrder},
 		{"GET /v1/orders", "orders:read", s.handleListOrders},
-		{"GET /v1/orders/{id}", "orders:read", s.handleGetOrder},
+		{"GET /v1/orders/{id}", "orders:read", one(s.store.getOrder)},
 		{"POST /v1/orders/import", "orders:write", s.handleImportOrders},
 
-		{"GET /v1/numbers", "numbers:read", s.handleListNumbers},
+		{"GET /v1/numbers", "numbers:read", list('n', s.store.listNumbers, numberCursor)},
 		{"POST /v1/numbers", "numbers:write", s.handleCreateNumber},
-		{"GET /v1/numbers/{id}", "numbers:read", s.handleGetNumber},
-		{"PUT /v1/numbers/{id}", "numbers:write", s.handleReplaceNumber},
-		{"PATCH /v1/numbers/{id}", "numbers:write", s.handlePatchNumber},
-		{"DELETE /v1/numbers/{id}", "numbers:write", s.handleDeleteNumber},
+		{"GET /v1/numbers/{id}", "numbers:read", one(s.store.getNumber)},
+		{"PUT /v1/numbers/{id}", "numbers:write", s.updateNumber(false)},
+		{"PATCH /v1/numbers/{id}", "numbers:write", s.updateNumber(true)},
+		{"DELETE /v1/numbers/{id}", "numbers:write", remove(s.store.deleteNumber)},
 	}
 }
 
@@ -199,12 +199,7 @@ func (s *server) logRequest(r *http.Request, pattern string, status int, d time.
 // requestID keeps a client's id when it is short and plainly printable, so it
 // cannot forge log lines; otherwise it makes a new one.
 func requestID(given string) string {
-	ok := len(given) > 0 && len(given) <= 128
-	for i := 0; i < len(given) && ok; i++ {
-		c := given[i]
-		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_.:", c) >= 0
-	}
-	if ok {
+	if len(given) > 0 && len(given) <= 128 && strings.Trim(given, alphanumeric+"-_.:") == "" {
 		return given
 	}
 	var b [16]byte
@@ -212,7 +207,10 @@ func requestID(given string) string {
 	return hex.EncodeToString(b[:])
 }
 
-// statusRecorder remembers the status for the log line.
+const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+// statusRecorder remembers the status for the log line; 0 means an implicit
+// 200, or nothing written yet.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
@@ -224,15 +222,6 @@ func (w *statusRecorder) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
-
-func (w *statusRecorder) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // headerSink is a ResponseWriter that keeps only the status and headers.
 type headerSink struct {
@@ -248,14 +237,16 @@ func (s *headerSink) WriteHeader(code int)        { s.status = code }
 // so that a value that cannot be encoded is a logged 500, never a 200 with an
 // empty body.
 func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // the answer is JSON, never HTML: a link's & stays &
+	if err := enc.Encode(v); err != nil {
 		fail(w, r, fmt.Errorf("encoding the response: %w", err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b.Bytes())
 }
 
 // mediaType returns the request's media type, lower-cased, without parameters.
@@ -283,57 +274,65 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 // and let the last of two equal names win, so what a proxy or a log shows of
 // a request could differ from what is stored.
 func decodeStrict(data []byte, v any) error {
-	if !utf8.Valid(data) {
+	switch {
+	case len(bytes.TrimSpace(data)) == 0:
+		return &requestError{status: http.StatusBadRequest, detail: "the body must not be empty"}
+	case !utf8.Valid(data):
 		return &requestError{status: http.StatusBadRequest, detail: "the body is not valid UTF-8"}
-	}
-	if err := checkMembers(data, reflect.TypeOf(v).Elem()); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return &requestError{status: http.StatusBadRequest, detail: "the body must hold a single JSON value"}
-	}
-	return nil
-}
-
-// checkMembers refuses, in the object data holds, a member name that is not
-// exactly one of the JSON names of struct type t, or that repeats. Anything
-// else (not an object, a syntax error) is left for the decoder to report.
-func checkMembers(data []byte, t reflect.Type) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil
-	}
-	bad := func(name, detail string) error {
-		return &requestError{status: http.StatusBadRequest, detail: strconv.Quote(name) + " " + detail,
-			fields: []fieldError{{Pointer: "#/" + name, Detail: detail}}}
+	case !json.Valid(data):
+		return jsonError(json.Unmarshal(data, v))
 	}
 	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil
+	for _, name := range memberNames(data) {
+		bad := func(detail string) error {
+			return &requestError{status: http.StatusBadRequest, detail: strconv.Quote(name) + " " + detail,
+				fields: []fieldError{{Pointer: "#/" + name, Detail: detail}}}
 		}
-		name := tok.(string)
-		if seen[name] {
-			return bad(name, "appears twice")
+		switch known := memberName(reflect.TypeOf(v).Elem(), name); {
+		case seen[name]:
+			return bad("appears twice")
+		case known == "":
+			return bad("is not a known member")
+		case known != name:
+			return bad("is not a known member; names are case-sensitive: " + strconv.Quote(known))
 		}
 		seen[name] = true
-		if known := memberName(t, name); known != name {
-			if known != "" {
-				return bad(name, "is not a known member; names are case-sensitive: "+strconv.Quote(known))
+	}
+	return jsonError(json.Unmarshal(data, v))
+}
+
+// memberNames returns the names of the members of the object that data, valid
+// JSON, holds, unescaped; none when it holds something else. It reads data in
+// place: a body of a megabyte is not copied to learn its few names.
+func memberNames(data []byte) []string {
+	if bytes.TrimSpace(data)[0] != '{' {
+		return nil
+	}
+	var names []string
+	depth := 0
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case '"':
+			end := i + 1
+			for ; data[end] != '"'; end++ {
+				if data[end] == '\\' {
+					end++ // an escaped character, perhaps a quote
+				}
 			}
-			return bad(name, "is not a known member")
-		}
-		var skip json.RawMessage
-		if dec.Decode(&skip) != nil {
-			return nil
+			// A string of the top object followed by a colon is a name.
+			if depth == 1 && bytes.TrimSpace(data[end+1:])[0] == ':' {
+				var name string
+				json.Unmarshal(data[i:end+1], &name)
+				names = append(names, name)
+			}
+			i = end
 		}
 	}
-	return nil
+	return names
 }
 
 // memberName returns the JSON name of t's field that name spells, ignoring
@@ -351,6 +350,9 @@ func memberName(t reflect.Type, name string) string {
 // jsonError turns a decoding failure into a requestError that tells the
 // client what and where.
 func jsonError(err error) error {
+	if err == nil {
+		return nil
+	}
 	var (
 		syntax *json.SyntaxError
 		typ    *json.UnmarshalTypeError
@@ -389,14 +391,45 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-// withID runs get with the request's {id}.
-func withID[T any](r *http.Request, get func(context.Context, int64) (T, error)) (T, error) {
-	id, err := pathID(r)
-	if err != nil {
-		var zero T
-		return zero, err
+// one serves a GET of the resource get finds by the path's {id}.
+func one[T any](get func(context.Context, int64) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var v T
+		id, err := pathID(r)
+		if err == nil {
+			v, err = get(r.Context(), id)
+		}
+		respond(w, r, http.StatusOK, v, err)
 	}
-	return get(r.Context(), id)
+}
+
+// remove serves a DELETE of the resource with the path's {id}.
+func remove(del func(context.Context, int64) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err == nil {
+			err = del(r.Context(), id)
+		}
+		respond(w, r, http.StatusNoContent, nil, err)
+	}
+}
+
+// list serves a list of kind's cursors that takes no filter: fetch returns up
+// to the page's limit+1 rows, at names the cursor of a row.
+func list[T any](kind byte, fetch func(context.Context, pageRequest) ([]T, error), at func(T) cursor) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c := newChecker()
+		p := parsePage(r.URL.Query(), kind, c)
+		rows, err := []T(nil), c.err()
+		if err == nil {
+			rows, err = fetch(r.Context(), p)
+		}
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		writePage(w, r, rows, p.limit, at)
+	}
 }
 
 // respond answers with v, or with err as a problem when it is not nil.

@@ -146,7 +146,7 @@ func TestAPIBodyErrors(t *testing.T) {
 		{"malformed", `{"code":`, "application/json", 400, "", "malformed JSON"},
 		{"syntax", `{"code" "x"}`, "application/json", 400, "", "malformed JSON at byte"},
 		{"empty", ``, "application/json", 400, "", "must not be empty"},
-		{"two values", `{"code":"A"} {"code":"B"}`, "application/json", 400, "", "single JSON value"},
+		{"two values", `{"code":"A"} {"code":"B"}`, "application/json", 400, "", "after top-level value"},
 		{"unknown field", `{"code":"A","name":"B","phone":"+254712345678","nickname":"x"}`, "application/json", 400, "#/nickname", `"nickname" is not a known member`},
 		{"wrong case", `{"code":"A","name":"B","PHONE":"+254712345678"}`, "application/json", 400, "#/PHONE", `case-sensitive: "phone"`},
 		{"a member twice", `{"code":"A","name":"B","phone":"+254712345678","phone":"+254700000000"}`, "application/json", 400, "#/phone", "appears twice"},

@@ -118,26 +118,6 @@ func (s *server) handleCreateCustomer(w http.ResponseWriter, r *http.Request) {
 	respond(w, r, http.StatusCreated, created, err)
 }
 
-func (s *server) handleListCustomers(w http.ResponseWriter, r *http.Request) {
-	c := newChecker()
-	p := parsePage(r.URL.Query(), 'c', c)
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
-	}
-	cs, err := s.store.listCustomers(r.Context(), p)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	writePage(w, r, cs, p.limit, func(c customer) cursor { return cursor{Kind: 'c', ID: c.ID} })
-}
-
-func (s *server) handleGetCustomer(w http.ResponseWriter, r *http.Request) {
-	c, err := withID(r, s.store.getCustomer)
-	respond(w, r, http.StatusOK, c, err)
-}
-
 func (s *server) handlePatchCustomer(w http.ResponseWriter, r *http.Request) {
 	var p customerPatch
 	id, err := pathID(r)
@@ -156,13 +136,7 @@ func (s *server) handlePatchCustomer(w http.ResponseWriter, r *http.Request) {
 	respond(w, r, http.StatusOK, updated, err)
 }
 
-func (s *server) handleDeleteCustomer(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err == nil {
-		err = s.store.deleteCustomer(r.Context(), id)
-	}
-	respond(w, r, http.StatusNoContent, nil, err)
-}
+func customerCursor(c customer) cursor { return cursor{Kind: 'c', ID: c.ID} }
 
 func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 	serveImport(w, r, s.imports, []string{"code", "name", "phone", "email"}, customerFromCSV,
@@ -172,7 +146,7 @@ func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 				c.at(i, batch.csv)
 				in := &batch.items[i]
 				in.check(c)
-				if first, dup := firstRow[in.Code]; dup && in.Code != "" {
+				if first, dup := firstRow[in.Code]; dup && checkCode(in.Code) == "" {
 					c.add("code", "repeats the code of "+where(first, batch.csv))
 				} else {
 					firstRow[in.Code] = i

@@ -185,7 +185,7 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 		} else {
 			r.json(t, &c)
 		}
-		if len(c.Orders) != embeddedOrders || c.MoreOrders == nil {
+		if len(c.Orders) != embeddedOrders || c.MoreOrders == nil || !strings.Contains(string(ta.do("GET", path, nil).body), `&after=`) {
 			t.Fatalf("%s: got %d orders and more_orders %v, want %d and a link", path, len(c.Orders), c.MoreOrders, embeddedOrders)
 		}
 		rest := walk(t, ta, *c.MoreOrders, func(o order) int64 { return o.ID })
@@ -247,9 +247,11 @@ func TestCustomersImport(t *testing.T) {
 			{"code": "OK-3", "name": "Fine", "phone": "+254700000023"},
 			{"code": "OK-4", "name": "Fine", "phone": "0700000024", "email": "x"},
 			{"code": "OK-1", "name": "Again", "phone": "+254700000025"},
+			{"code": "bad code", "name": "Fine", "phone": "+254700000026"},
+			{"code": "bad code", "name": "Fine", "phone": "+254700000027"}, // a bad code is not also a repeat
 		}
 		p := ta.do("POST", "/v1/customers/import", rows).must(t, http.StatusUnprocessableEntity).problem(t)
-		checkPointers(t, p, "#/1/name", "#/3/phone", "#/3/email", "#/4/code")
+		checkPointers(t, p, "#/1/name", "#/3/phone", "#/3/email", "#/4/code", "#/5/code", "#/6/code")
 	})
 	t.Run("csv bad rows named", func(t *testing.T) {
 		p := importCSV("code,name,phone\nR-1,Fine,+254700000031\nR-2,Fine,0700\nR-3,,+254700000033\nR-4,Fine,+254700000034\n").must(t, http.StatusUnprocessableEntity).problem(t)
@@ -272,6 +274,7 @@ func TestCustomersImport(t *testing.T) {
 		{"unknown column", "code,name,phone,age\nX,Y,+254700000051,3\n", "text/csv", 400, `unknown CSV column "age"`},
 		{"repeated column", "code,name,name\nX,Y,Z\n", "text/csv", 400, "appears twice"},
 		{"ragged row", "code,name,phone\nX,Y\n", "text/csv", 400, "line 2"},
+		{"a line over 64 KiB", "code,name,phone\nX,\"" + strings.Repeat("n", 70<<10), "text/csv", 400, "longer than 64 KiB"},
 		{"bad quoting", "code,name,phone\n\"X,Y,+254700000051\n", "text/csv", 400, "malformed CSV"},
 		{"no header", "", "text/csv", 400, "header row"},
 		{"header only", "code,name,phone\n", "text/csv", 422, "at least one row"},

@@ -41,8 +41,11 @@ type fakeOIDC struct {
 func newFakeOIDC(t testing.TB) *fakeOIDC {
 	f := &fakeOIDC{audience: "order-management", current: testKey("rsa-1")}
 	f.publish(f.current, testKey("ec-1"))
-	srv := httptest.NewServer(f)
-	f.url = srv.URL
+	// The URL is known before the server starts, so that no handler reads it
+	// while it is being set.
+	srv := httptest.NewUnstartedServer(f)
+	f.url = "http://" + srv.Listener.Addr().String()
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return f
 }

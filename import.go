@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -122,7 +124,7 @@ func inElement(err error, i int) error {
 
 func readCSV[T any](body io.Reader, columns []string, fromCSV func(map[string]string) T) (importBatch[T], error) {
 	b := importBatch[T]{csv: true}
-	cr := csv.NewReader(body)
+	cr := csv.NewReader(&shortLines{r: body})
 	cr.FieldsPerRecord = 0 // every row as wide as the header
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = true
@@ -160,6 +162,32 @@ func readCSV[T any](body io.Reader, columns []string, fromCSV func(map[string]st
 		}
 		b.items = append(b.items, fromCSV(fields))
 	}
+}
+
+// maxCSVLine bounds a line of a CSV import. No row of a valid import comes
+// near it, and encoding/csv holds all of a record in memory, so an unending
+// quoted field would otherwise take the whole body's size several times over.
+const maxCSVLine = 64 << 10
+
+// shortLines reads r, failing once a line runs past maxCSVLine bytes.
+type shortLines struct {
+	r   io.Reader
+	run int // bytes since the last newline
+}
+
+func (s *shortLines) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	for rest := p[:n]; len(rest) > 0; {
+		line, after, found := bytes.Cut(rest, []byte("\n"))
+		if s.run += len(line); s.run > maxCSVLine {
+			return 0, fmt.Errorf("a line is longer than %d KiB", maxCSVLine>>10)
+		}
+		if found {
+			s.run = 0
+		}
+		rest = after
+	}
+	return n, err
 }
 
 // csvError reports a CSV syntax error with its line, or a body too large.

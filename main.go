@@ -98,18 +98,15 @@ func loadConfig(getenv func(string) string) (config, error) {
 			return c, fmt.Errorf("AT_BASE_URL: %w", err)
 		}
 	}
-	if s := c.callbackSecret; s != "" && (len(s) < 16 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~") != "") {
+	if s := c.callbackSecret; s != "" && (len(s) < 16 || strings.Trim(s, alphanumeric+"-_.~") != "") {
 		return c, errors.New("AT_CALLBACK_SECRET must be at least 16 letters, digits, '-', '_', '.' or '~'")
 	}
 	if c.smtpURL != "" && c.mailFrom == "" {
 		return c, errors.New("MAIL_FROM is required when SMTP_URL is set")
 	}
-	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
-	level, ok := levels[strings.ToLower(cmp.Or(getenv("LOG_LEVEL"), "info"))]
-	if !ok {
+	if c.logLevel.UnmarshalText([]byte(cmp.Or(getenv("LOG_LEVEL"), "info"))) != nil {
 		return c, fmt.Errorf("LOG_LEVEL must be debug, info, warn or error, not %q", getenv("LOG_LEVEL"))
 	}
-	c.logLevel = level
 	return c, nil
 }
 

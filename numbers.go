@@ -40,7 +40,10 @@ type numberPatch struct {
 // partial false (POST, PUT) every field is required.
 func (in *numberInput) check(partial bool, c *checker) numberPatch {
 	var p numberPatch
-	if in.Value.Set || !partial {
+	switch {
+	case !in.Value.Set && !partial:
+		c.add("value", "is required")
+	case in.Value.Set:
 		if d := checkNumberValue(in.Value.Value); d != "" {
 			c.add("value", d)
 		}
@@ -54,7 +57,10 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 		monthly, name = in.MonthlyPrice, "monthlyPrice"
 	}
 	p.monthly, p.setup = checkPrice(monthly, name, partial, c), checkPrice(in.SetupPrice, "setupPrice", partial, c)
-	if in.Currency.Set || !partial {
+	switch {
+	case !in.Currency.Set && !partial:
+		c.add("currency", "is required")
+	case in.Currency.Set:
 		if d := checkNumberCurrency(in.Currency.Value); d != "" {
 			c.add("currency", d)
 		}
@@ -126,57 +132,26 @@ func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
 	respond(w, r, http.StatusCreated, created, err)
 }
 
-func (s *server) handleListNumbers(w http.ResponseWriter, r *http.Request) {
-	c := newChecker()
-	p := parsePage(r.URL.Query(), 'n', c)
-	ns, err := []phoneNumber(nil), c.err()
-	if err == nil {
-		ns, err = s.store.listNumbers(r.Context(), p)
-	}
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	writePage(w, r, ns, p.limit, func(n phoneNumber) cursor { return cursor{Kind: 'n', ID: n.ID} })
-}
-
-func (s *server) handleGetNumber(w http.ResponseWriter, r *http.Request) {
-	n, err := withID(r, s.store.getNumber)
-	respond(w, r, http.StatusOK, n, err)
-}
-
-func (s *server) handleReplaceNumber(w http.ResponseWriter, r *http.Request) {
-	s.updateNumber(w, r, false)
-}
-
-func (s *server) handlePatchNumber(w http.ResponseWriter, r *http.Request) {
-	s.updateNumber(w, r, true)
-}
-
 // updateNumber serves PUT (partial false: a full replacement, every field
 // required) and PATCH. The body is checked first, so a bad body answers 422
 // for a number that does not exist as well as one that does.
-func (s *server) updateNumber(w http.ResponseWriter, r *http.Request, partial bool) {
-	var in numberInput
-	id, err := pathID(r)
-	if err == nil {
-		err = decodeJSON(w, r, &in)
-	}
-	var updated phoneNumber
-	if err == nil {
-		c := newChecker()
-		p := in.check(partial, c)
-		if err = c.err(); err == nil {
-			updated, err = s.store.updateNumber(r.Context(), id, p)
+func (s *server) updateNumber(partial bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in numberInput
+		id, err := pathID(r)
+		if err == nil {
+			err = decodeJSON(w, r, &in)
 		}
+		var updated phoneNumber
+		if err == nil {
+			c := newChecker()
+			p := in.check(partial, c)
+			if err = c.err(); err == nil {
+				updated, err = s.store.updateNumber(r.Context(), id, p)
+			}
+		}
+		respond(w, r, http.StatusOK, updated, err)
 	}
-	respond(w, r, http.StatusOK, updated, err)
 }
 
-func (s *server) handleDeleteNumber(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err == nil {
-		err = s.store.deleteNumber(r.Context(), id)
-	}
-	respond(w, r, http.StatusNoContent, nil, err)
-}
+func numberCursor(n phoneNumber) cursor { return cursor{Kind: 'n', ID: n.ID} }

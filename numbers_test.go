@@ -27,8 +27,8 @@ func TestNumbersCRUD(t *testing.T) {
 	t.Run("same digits conflict", func(t *testing.T) {
 		for _, v := range []string{"+5584912344321", "55 (84) 91234.4321"} {
 			p := ta.do("POST", "/v1/numbers", map[string]any{"value": v, "monthlyPrice": "1", "setupPrice": "1", "currency": "USD"}).must(t, http.StatusConflict).problem(t)
-			if !strings.Contains(p.Detail, "value") {
-				t.Errorf("detail: got %q, want it to name value", p.Detail)
+			if !strings.Contains(p.Detail, "same digits") {
+				t.Errorf("detail: got %q, want it to say the digits are taken", p.Detail)
 			}
 		}
 	})
@@ -41,6 +41,9 @@ func TestNumbersCRUD(t *testing.T) {
 		}
 		p := ta.do("PUT", loc, map[string]any{"value": "+5584912344321"}).must(t, http.StatusUnprocessableEntity).problem(t)
 		checkPointers(t, p, "#/monthyPrice", "#/setupPrice", "#/currency")
+		if p = ta.do("PUT", loc, map[string]any{"monthyPrice": "1", "setupPrice": "1"}).problem(t); p.Errors[0].Detail != "is required" || p.Errors[1].Detail != "is required" {
+			t.Errorf("PUT without value and currency: got %+v, want both required", p.Errors)
+		}
 	})
 
 	t.Run("patch merges", func(t *testing.T) {

@@ -174,9 +174,9 @@ func (s *server) place(r *http.Request, p placement, c *checker, locate func(i i
 			o := p.orders[u.index]
 			switch {
 			case !u.customerFound && o.customerCode != "":
-				c.add("customer_code", fmt.Sprintf("no customer has code %q", o.customerCode))
+				c.add("customer_code", fmt.Sprintf("must name a customer; none has code %q", o.customerCode))
 			case !u.customerFound:
-				c.add("customer_id", fmt.Sprintf("no customer has id %d", o.customerID))
+				c.add("customer_id", fmt.Sprintf("must name a customer; none has id %d", o.customerID))
 			default:
 				c.add("channel", "cannot be "+o.channel+": the customer has no "+o.address)
 			}
@@ -220,11 +220,6 @@ func (s *server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 }
 
 func orderCursor(o order) cursor { return cursor{Kind: 'o', Time: o.Time, ID: o.ID} }
-
-func (s *server) handleGetOrder(w http.ResponseWriter, r *http.Request) {
-	o, err := withID(r, s.store.getOrder)
-	respond(w, r, http.StatusOK, o, err)
-}
 
 func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 	notify := true

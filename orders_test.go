@@ -71,6 +71,7 @@ func TestOrdersCreate(t *testing.T) {
 	})
 
 	plain := ta.createCustomer("PLAIN", "+254712345670", nil)
+	last := ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"})
 	orders, notifications := ta.count("orders"), ta.count("notifications")
 	cases := []struct {
 		name     string
@@ -86,8 +87,8 @@ func TestOrdersCreate(t *testing.T) {
 		{"missing amount and item", map[string]any{"customer_id": c.ID}, []string{"#/item", "#/amount"}, "2 problems"},
 		{"no customer", map[string]any{"item": "x", "amount": "1"}, []string{"#/customer_id"}, "customer_code"},
 		{"both references", map[string]any{"customer_id": c.ID, "customer_code": "CUST-0007", "item": "x", "amount": "1"}, []string{"#/customer_code"}, "not be given together"},
-		{"unknown customer id", map[string]any{"customer_id": 99999, "item": "x", "amount": "1"}, []string{"#/customer_id"}, "no customer has id 99999"},
-		{"unknown customer code", map[string]any{"customer_code": "NOPE", "item": "x", "amount": "1"}, []string{"#/customer_code"}, `no customer has code "NOPE"`},
+		{"unknown customer id", map[string]any{"customer_id": 99999, "item": "x", "amount": "1"}, []string{"#/customer_id"}, "must name a customer; none has id 99999"},
+		{"unknown customer code", map[string]any{"customer_code": "NOPE", "item": "x", "amount": "1"}, []string{"#/customer_code"}, `must name a customer; none has code "NOPE"`},
 		{"unknown customer and a bad field", map[string]any{"customer_code": "NOPE", "item": "", "amount": "1"}, []string{"#/item", "#/customer_code"}, "2 problems"},
 		{"bad currency", map[string]any{"customer_id": c.ID, "item": "x", "amount": "1", "currency": "shilling"}, []string{"#/currency"}, "ISO 4217"},
 		{"bad time", map[string]any{"customer_id": c.ID, "item": "x", "amount": "1", "time": "yesterday"}, []string{"#/time"}, "RFC 3339"},
@@ -123,6 +124,10 @@ func TestOrdersCreate(t *testing.T) {
 	}
 	if ta.count("orders") != orders || ta.count("notifications") != notifications {
 		t.Errorf("refused orders changed the database")
+	}
+	// Nor did they take order ids: the next order's id follows the last one's.
+	if next := ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}); next.ID != last.ID+1 {
+		t.Errorf("order ids: got %d after %d", next.ID, last.ID)
 	}
 }
 
@@ -264,7 +269,7 @@ func TestOrdersImport(t *testing.T) {
 	for _, e := range p.Errors {
 		details = append(details, e.Detail)
 	}
-	want := []string{`row 2: customer_code no customer has code "NOPE"`, "row 3: amount must not be negative", "row 4: time must be",
+	want := []string{`row 2: customer_code must name a customer; none has code "NOPE"`, "row 3: amount must not be negative", "row 4: time must be",
 		"row 5: item", "row 5: amount"}
 	if len(details) != len(want) || p.Errors[0].Row != 2 || p.Errors[0].Field != "customer_code" {
 		t.Errorf("errors: got %q, want %d in row order", details, len(want))

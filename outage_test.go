@@ -93,11 +93,11 @@ func TestOutboxRecordsThroughDatabaseOutage(t *testing.T) {
 	if err != nil || len(claimed) != 1 {
 		t.Fatalf("claim: %v, %d rows", err, len(claimed))
 	}
-	o := w.send(t.Context(), claimed[0])
+	w.send(t.Context(), claimed[0])
 	proxy.setCut(true)
 	go func() { time.Sleep(700 * time.Millisecond); proxy.setCut(false) }()
 	start := time.Now()
-	w.recordBatch(t.Context(), []outcome{o})
+	w.recordBatch(t.Context(), claimed)
 	if time.Since(start) < 500*time.Millisecond {
 		t.Errorf("recorded after %v, while the database was cut off", time.Since(start))
 	}

@@ -56,12 +56,12 @@ func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 		channels:     cs,
 		log:          log,
 		poll:         500 * time.Millisecond,
-		lease:        8 * time.Second,
+		lease:        6 * time.Second,
 		heartbeat:    2 * time.Second,
 		sendTimeout:  30 * time.Second,
 		concurrency:  maxConcurrentSends,
 		maxAttempts:  20,
-		maxUncertain: 3,
+		maxUncertain: 10,
 		backoff:      backoff,
 		wakeup:       make(chan struct{}, 1),
 		inFlight:     map[int64]*claimed{},
@@ -85,7 +85,8 @@ func (w *worker) wake() {
 	}
 }
 
-// claimed is an outbox row a worker has leased, with what its sender needs.
+// claimed is an outbox row a worker has leased, with what its sender needs,
+// and, once sent, the outcome.
 type claimed struct {
 	id       int64
 	attempts int
@@ -94,6 +95,11 @@ type claimed struct {
 	leaseEnd time.Time          // by this process's clock, no later than the lease the database holds
 	cancel   context.CancelFunc // stops the send
 	expiry   *time.Timer        // cancels the send a quarter lease before the lease ends, unless it is renewed
+
+	status     string // sent, failed, or pending for a retry after retryIn
+	providerID string
+	err        error
+	retryIn    time.Duration
 }
 
 // run delivers until ctx ends, then waits up to drain for sends under way and
@@ -103,7 +109,7 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 	// shutdown finishes what it started instead of leaving leases to expire.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	slots := make(chan struct{}, w.concurrency) // one per send not yet recorded
-	outcomes := make(chan outcome, w.concurrency)
+	outcomes := make(chan *claimed, w.concurrency)
 	var recording, renewing sync.WaitGroup
 	recording.Go(func() { w.record(sendCtx, outcomes, slots) })
 	renewing.Go(func() { w.renewLeases(sendCtx) })
@@ -143,7 +149,10 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 		for _, c := range rows {
 			slots <- struct{}{}
 			ctx := w.takeOff(sendCtx, c)
-			go func() { outcomes <- w.send(ctx, c) }()
+			go func() {
+				w.send(ctx, c)
+				outcomes <- c
+			}()
 		}
 		if len(rows) == free && free > 0 {
 			continue // there may be more due rows
@@ -225,11 +234,13 @@ func (w *worker) renewLeases(ctx context.Context) {
 			ids[i], attempts[i] = c.id, int64(c.attempts)
 		}
 		leaseEnd := time.Now().Add(w.lease)
-		_, err := w.db.ExecContext(ctx, `
+		renewCtx, cancel := context.WithTimeout(ctx, w.heartbeat)
+		_, err := w.db.ExecContext(renewCtx, `
 			UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $3)
 			FROM unnest($1::bigint[], $2::int[]) AS f (id, attempts)
 			WHERE n.id = f.id AND n.attempts = f.attempts AND n.status = 'pending'`,
 			ids, attempts, w.lease.Seconds())
+		cancel()
 		if err != nil {
 			w.log.Warn("outbox: renewing leases failed", "error", err, "rows", len(ids))
 			continue
@@ -247,45 +258,34 @@ func (w *worker) renewLeases(ctx context.Context) {
 	}
 }
 
-// outcome is what became of one send.
-type outcome struct {
-	*claimed
-	status     string // sent, failed, or pending for a retry after retryIn
-	providerID string
-	err        error
-	retryIn    time.Duration
-}
-
 // send delivers one claimed row and decides its outcome: sent; a retry after
 // backoff (or after the time the provider named); or failed, after a
 // permanent error or the last attempt, which comes sooner when a failure
 // leaves the message possibly delivered.
-func (w *worker) send(ctx context.Context, c *claimed) outcome {
-	o := outcome{claimed: c, status: "sent"}
+func (w *worker) send(ctx context.Context, c *claimed) {
+	c.status = "sent"
 	if ch, ok := w.channels.byName[c.channel]; ok {
 		ctx, cancel := context.WithTimeout(ctx, w.sendTimeout)
-		o.providerID, o.err = ch.sender.Send(ctx, c.notice)
+		c.providerID, c.err = ch.sender.Send(ctx, c.notice)
 		cancel()
 	} else {
-		o.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
+		c.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
 	}
-	var se *SendError
-	errors.As(o.err, &se)
+	se, _ := errors.AsType[*SendError](c.err)
 	switch {
-	case o.err == nil:
+	case c.err == nil:
 	case se != nil && se.Permanent, c.attempts >= w.maxAttempts:
-		o.status = "failed"
+		c.status = "failed"
 	case se != nil && se.Uncertain && c.attempts >= w.maxUncertain:
-		o.status = "failed"
-		o.err = &SendError{Reason: se.Reason + "; not retried again, as the provider may have accepted it", Err: se}
+		c.status = "failed"
+		c.err = &SendError{Reason: se.Reason + "; not retried again, as the provider may have accepted it", Err: se}
 	default:
-		o.status = "pending"
-		o.retryIn = w.backoff(c.attempts)
+		c.status = "pending"
+		c.retryIn = w.backoff(c.attempts)
 		if se != nil {
-			o.retryIn = max(o.retryIn, time.Until(se.RetryAt))
+			c.retryIn = max(c.retryIn, time.Until(se.RetryAt))
 		}
 	}
-	return o
 }
 
 // record writes outcomes as they come, each write taking every outcome
@@ -293,9 +293,9 @@ func (w *worker) send(ctx context.Context, c *claimed) outcome {
 // A send's slot is freed once its outcome is recorded, so that no more than
 // concurrency sends are ever accepted but unrecorded (the messages a crash
 // could send twice).
-func (w *worker) record(ctx context.Context, outcomes <-chan outcome, slots <-chan struct{}) {
+func (w *worker) record(ctx context.Context, outcomes <-chan *claimed, slots <-chan struct{}) {
 	for o := range outcomes {
-		batch := []outcome{o}
+		batch := []*claimed{o}
 		for len(batch) < 256 && len(outcomes) > 0 {
 			batch = append(batch, <-outcomes)
 		}
@@ -319,7 +319,7 @@ func (w *worker) record(ctx context.Context, outcomes <-chan outcome, slots <-ch
 // mid-send and another worker claimed the row, that worker's outcome counts.
 // Recording happens even while shutting down: losing an outcome would resend
 // a message that was delivered.
-func (w *worker) recordBatch(ctx context.Context, batch []outcome) {
+func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
 	n := len(batch)
 	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
 	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)

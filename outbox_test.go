@@ -322,11 +322,11 @@ func TestOutboxStaleOutcomeDiscarded(t *testing.T) {
 		t.Errorf("claimed notice: got %+v", second[0].notice)
 	}
 	record := func(w *worker, c *claimed, err error) {
-		out := outcome{claimed: c, status: "sent", providerID: "id", err: err}
+		c.status, c.providerID, c.err = "sent", "id", err
 		if err != nil {
-			out.status = "pending"
+			c.status = "pending"
 		}
-		w.recordBatch(t.Context(), []outcome{out})
+		w.recordBatch(t.Context(), []*claimed{c})
 	}
 	for _, err := range []error{nil, &SendError{Reason: "stale retryable"}} {
 		record(stale, first[0], err)

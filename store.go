@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	_ "embed"
@@ -99,8 +100,7 @@ const (
 
 // pgCode returns err's SQLSTATE, or "".
 func pgCode(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 		return pgErr.Code
 	}
 	return ""
@@ -109,8 +109,8 @@ func pgCode(err error) string {
 // conflictFrom names the duplicate from PostgreSQL's "Key (code)=(X) already
 // exists." detail, or returns err unchanged when it is not a conflict.
 func conflictFrom(err error, what string) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != uniqueViolation {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok || pgErr.Code != uniqueViolation {
 		return err
 	}
 	key, value, ok := strings.Cut(strings.TrimPrefix(pgErr.Detail, "Key ("), ")=(")
@@ -119,7 +119,7 @@ func conflictFrom(err error, what string) error {
 		return &conflictError{detail: "a " + what + " with the same key already exists"}
 	}
 	if key == "digits" {
-		key = "value" // phone numbers are unique by the digits of their value
+		return &conflictError{detail: "a " + what + " with the same digits already exists: " + value} // phone numbers' identity
 	}
 	return &conflictError{detail: fmt.Sprintf("a %s with that %s already exists: %s", what, key, value)}
 }
@@ -169,36 +169,33 @@ func (s *store) importCustomers(ctx context.Context, cs []customerInput, by stri
 
 // getCustomer returns the customer with its newest orders, or errNotFound.
 func (s *store) getCustomer(ctx context.Context, id int64) (customer, error) {
-	c, err := scanCustomer(s.db.QueryRowContext(ctx, `SELECT `+customerColumns+` FROM customers WHERE id = $1`, id))
-	if err != nil {
-		return c, err
+	cs, err := s.customers(ctx, `WHERE id = $1`, id)
+	if err != nil || len(cs) == 0 {
+		return customer{}, cmp.Or(err, errNotFound)
 	}
-	cs := []customer{c}
-	err = s.attachOrders(ctx, cs)
-	return cs[0], err
+	return cs[0], nil
 }
 
 // listCustomers returns up to limit+1 customers by id after the cursor, each
-// with its newest orders, in two queries whatever the page size.
+// with its newest orders.
 func (s *store) listCustomers(ctx context.Context, p pageRequest) ([]customer, error) {
-	rows, err := s.db.QueryContext(ctx, `
-		SELECT `+customerColumns+` FROM customers WHERE id > $1 ORDER BY id LIMIT $2`,
-		p.afterID(), p.limit+1)
+	return s.customers(ctx, `WHERE id > $1 ORDER BY id LIMIT $2`, p.afterID(), p.limit+1)
+}
+
+// customers returns the customers a WHERE clause selects, each with its
+// newest orders, in two queries however many there are.
+func (s *store) customers(ctx context.Context, where string, args ...any) ([]customer, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers `+where, args...)
 	cs, err := collect(rows, err, scanCustomer)
-	if err != nil {
-		return nil, err
+	if err != nil || len(cs) == 0 {
+		return cs, err
 	}
-	// The row past the limit only shows that a next page exists; its orders
-	// are never shown.
-	return cs, s.attachOrders(ctx, cs[:min(len(cs), p.limit)])
+	return cs, s.attachOrders(ctx, cs)
 }
 
 // attachOrders gives each customer its newest orders, one more than it
 // embeds to tell whether there are others, with one query.
 func (s *store) attachOrders(ctx context.Context, cs []customer) error {
-	if len(cs) == 0 {
-		return nil
-	}
 	ids := make([]int64, len(cs))
 	byID := make(map[int64][]order, len(cs))
 	for i, c := range cs {

@@ -152,17 +152,17 @@ WITH input AS (
 		$7::text[], $8::text[], $9::bool[])
 		WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
 ), found AS (
-	SELECT i.*, c.id AS found_id, c.phone, i.channel = 'none' AS silent,
-		CASE i.address WHEN 'phone' THEN c.phone WHEN 'email' THEN c.email END AS address_found
-	FROM input i LEFT JOIN customers c ON c.id = i.customer_id OR c.code = i.customer_code
-), routed AS MATERIALIZED (
-	SELECT n, item, amount, currency, time, found_id AS customer_id, silent,
-		CASE WHEN address_found IS NULL AND NOT explicit THEN 'sms' ELSE channel END AS channel,
-		COALESCE(address_found, CASE WHEN NOT explicit THEN phone END) AS recipient,
-		nextval('orders_id_seq') AS id
-	FROM found
+	SELECT i.n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
+		CASE WHEN a.recipient IS NULL AND NOT i.explicit THEN 'sms' ELSE i.channel END AS channel,
+		COALESCE(a.recipient, CASE WHEN NOT i.explicit THEN c.phone END) AS recipient
+	FROM input i
+	LEFT JOIN customers c ON c.id = i.customer_id OR c.code = i.customer_code
+	LEFT JOIN LATERAL (SELECT CASE i.address WHEN 'phone' THEN c.phone WHEN 'email' THEN c.email END AS recipient) a ON true
 ), verdict AS (
-	SELECT NOT $10 AND bool_and(customer_id IS NOT NULL AND (silent OR recipient IS NOT NULL)) AS ok FROM routed
+	SELECT NOT $10 AND bool_and(customer_id IS NOT NULL AND (silent OR recipient IS NOT NULL)) AS ok FROM found
+), routed AS MATERIALIZED (
+	-- Order ids are taken only for orders that will be placed.
+	SELECT found.*, CASE WHEN ok THEN nextval('orders_id_seq') END AS id FROM found, verdict
 ), key AS (
 	INSERT INTO idempotency_keys (subject, key, request_hash, order_id)
 	SELECT $11, $12, $13, (SELECT id FROM routed WHERE n = 1) FROM verdict WHERE ok AND $12 <> ''
@@ -171,14 +171,14 @@ WITH input AS (
 ), placed AS (
 	INSERT INTO orders (id, customer_id, item, amount, currency, time, created_by)
 	SELECT id, customer_id, item, amount, currency, time, $11 FROM routed
-	WHERE (SELECT ok FROM verdict) AND ($12 = '' OR EXISTS (SELECT FROM key))
+	WHERE id IS NOT NULL AND ($12 = '' OR EXISTS (SELECT FROM key))
 	RETURNING id
 ), queued AS (
 	INSERT INTO notifications (order_id, channel, recipient)
 	SELECT id, channel, recipient FROM routed WHERE NOT silent AND id IN (SELECT id FROM placed)
 )
 SELECT r.customer_id, r.silent OR r.recipient IS NOT NULL, CASE WHEN r.silent THEN 'none' ELSE r.channel END,
-	p.id, (SELECT ok FROM verdict)
+	p.id, r.id IS NOT NULL
 FROM routed r LEFT JOIN placed p USING (id)
 ORDER BY r.n`
 

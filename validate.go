@@ -35,12 +35,7 @@ func checkEmail(s string) string {
 
 // checkCode accepts 1–32 ASCII letters, digits, '-' and '_'.
 func checkCode(s string) string {
-	ok := s != "" && len(s) <= 32
-	for i := 0; i < len(s) && ok; i++ {
-		c := s[i]
-		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
-	}
-	if !ok {
+	if s == "" || len(s) > 32 || strings.Trim(s, alphanumeric+"-_") != "" {
 		return "must be 1 to 32 letters, digits, '-' or '_'"
 	}
 	return ""
@@ -94,7 +89,7 @@ func parseTime(s string) (time.Time, string) {
 	}
 	t = t.UTC().Truncate(time.Microsecond)
 	if t.Before(earliestTime) || t.After(latestTime) {
-		return t, "must be between 1900-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+		return t, "must be between 1900-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z"
 	}
 	return t, ""
 }
