@@ -27,18 +27,10 @@ import (
 // clock running ahead; an expired token is refused at once, since a client
 // that holds one can always get a fresh token.
 
-// signingAlgs are the signatures accepted. Symmetric algorithms and "none"
-// are absent on purpose: a public JWKS key must never verify an HMAC.
-var signingAlgs = []string{
-	oidc.RS256, oidc.RS384, oidc.RS512,
-	oidc.ES256, oidc.ES384, oidc.ES512,
-	oidc.PS256, oidc.PS384, oidc.PS512,
-	oidc.EdDSA,
-}
-
 const (
 	// maxAuthorization bounds the Authorization header: access tokens are
-	// a few KiB at most, and a larger header is refused before any parsing.
+	// a few KiB at most, and a larger header is refused before its token is
+	// looked at.
 	maxAuthorization = 8 << 10
 	// maxReason bounds a logged reason, which may quote what a client sent.
 	maxReason = 200
@@ -94,7 +86,11 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 		return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s/.well-known/openid-configuration failed: %s", strings.TrimSuffix(shown, "/"), redact(err))
 	}
 	// go-oidc checks one audience; verify checks aud against all of them.
-	a.verifier = oidc.NewVerifier(issuer, a.keys, &oidc.Config{SkipClientIDCheck: true, SupportedSigningAlgs: signingAlgs})
+	config := &oidc.Config{SkipClientIDCheck: true}
+	for _, alg := range signingAlgs {
+		config.SupportedSigningAlgs = append(config.SupportedSigningAlgs, string(alg))
+	}
+	a.verifier = oidc.NewVerifier(issuer, a.keys, config)
 	return a, nil
 }
 
@@ -105,14 +101,9 @@ type principal struct {
 	until   time.Time // how long the token cache may admit it
 }
 
-type principalKey struct{}
-
-// subject returns the verified token's sub for the request.
+// subject returns the sub of the token that let r through require.
 func subject(r *http.Request) string {
-	if p, ok := r.Context().Value(principalKey{}).(*principal); ok {
-		return p.subject
-	}
-	return ""
+	return requestInfoFrom(r.Context()).subject
 }
 
 // authError is a request refused for its credentials: status 401 (or 400
@@ -139,33 +130,32 @@ func bounded(s string) string {
 	return s[:min(len(s), maxReason)]
 }
 
-// authorize returns the principal that r's bearer token names when it may
-// use scope, or an *authError. The header must be "Bearer", in any case, one
-// space, and the token: RFC 6750's 1*SP narrowed to the one space every
-// client sends.
-func (a *authenticator) authorize(r *http.Request, scope string) (*principal, error) {
+// authorize returns nil when r's bearer token may use scope, having recorded
+// the token's sub in r's requestInfo, and otherwise an *authError. The
+// header must be "Bearer", in any case, one space, and the token: RFC 6750's
+// 1*SP narrowed to the one space every client sends.
+func (a *authenticator) authorize(r *http.Request, scope string) error {
 	header := r.Header.Values("Authorization")
+	scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	switch {
 	case len(header) > 1:
-		return nil, &authError{status: http.StatusBadRequest, challenge: `Bearer error="invalid_request"`, detail: "send one Authorization header, not several", reason: "several Authorization headers"}
+		return &authError{status: http.StatusBadRequest, challenge: `Bearer error="invalid_request"`, detail: "send one Authorization header, not several", reason: "several Authorization headers"}
 	case len(header) == 0 || header[0] == "":
-		return nil, &authError{status: http.StatusUnauthorized, challenge: "Bearer", detail: "this route needs a bearer access token", reason: "no Authorization header"}
+		return &authError{status: http.StatusUnauthorized, challenge: "Bearer", detail: "this route needs a bearer access token", reason: "no Authorization header"}
 	case len(header[0]) > maxAuthorization:
-		return nil, invalidToken(fmt.Sprintf("an Authorization header of %d bytes, over the limit of %d", len(header[0]), maxAuthorization))
-	}
-	scheme, raw, ok := strings.Cut(header[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return nil, invalidToken("the Authorization header is not a Bearer token")
+		return invalidToken(fmt.Sprintf("an Authorization header of %d bytes, over the limit of %d", len(header[0]), maxAuthorization))
+	case !ok || !strings.EqualFold(scheme, "Bearer"):
+		return invalidToken("the Authorization header is not a Bearer token")
 	}
 	p, err := a.verify(r.Context(), raw)
 	if err != nil {
-		return nil, invalidToken(err.Error())
+		return invalidToken(err.Error())
 	}
 	requestInfoFrom(r.Context()).subject = p.subject
 	if !slices.Contains(p.scopes, scope) {
-		return nil, &authError{status: http.StatusForbidden, challenge: `Bearer error="insufficient_scope", scope="` + scope + `"`, detail: "this route needs the scope " + scope, reason: "the token lacks the scope " + scope}
+		return &authError{status: http.StatusForbidden, challenge: `Bearer error="insufficient_scope", scope="` + scope + `"`, detail: "this route needs the scope " + scope, reason: "the token lacks the scope " + scope}
 	}
-	return p, nil
+	return nil
 }
 
 // verify checks raw's form, signature, issuer, audience, expiry and type,
@@ -203,11 +193,8 @@ func (a *authenticator) verify(ctx context.Context, raw string) (*principal, err
 	case tok.Subject == "":
 		return nil, errors.New("the token has no sub")
 	}
-	p = &principal{subject: tok.Subject, until: time.Now().Add(tokenCacheTTL)}
+	p = &principal{subject: tok.Subject, until: time.Now().Add(min(tokenCacheTTL, time.Until(tok.Expiry)))}
 	p.scopes = slices.Concat(strings.Fields(claims.Scope), claims.Scp, claims.Permissions, claims.Roles)
-	if tok.Expiry.Before(p.until) {
-		p.until = tok.Expiry
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.verified) >= tokenCacheSize {
@@ -234,11 +221,10 @@ func (l *spaceList) UnmarshalJSON(b []byte) error {
 // scope; every refusal goes out through fail.
 func (a *authenticator) require(scope string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.authorize(r, scope)
-		if err != nil {
+		if err := a.authorize(r, scope); err != nil {
 			fail(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		next.ServeHTTP(w, r)
 	})
 }

@@ -7,11 +7,9 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,13 +21,11 @@ import (
 )
 
 // fakeOIDC is the OpenID Connect provider of every test: discovery and a JWKS
-// over HTTP, real signed tokens, knobs to rotate keys and to fail.
+// over HTTP, real signed tokens, knobs to publish keys and to fail.
 type fakeOIDC struct {
 	url      string // the issuer
 	audience string // what tokens carry in aud
 	jwksHits atomic.Int64
-	current  jose.JSONWebKey // what sign signs with by default
-	rotated  int
 
 	mu        sync.Mutex
 	published []any         // the JWKS's keys
@@ -37,10 +33,11 @@ type fakeOIDC struct {
 	delay     time.Duration // how long the JWKS takes to answer
 }
 
-// newFakeOIDC starts a provider publishing "rsa-1" (current) and "ec-1".
+// newFakeOIDC starts a provider publishing "rsa-1", the key sign signs with
+// unless told otherwise, and "ec-1".
 func newFakeOIDC(t testing.TB) *fakeOIDC {
-	f := &fakeOIDC{audience: "order-management", current: testKey("rsa-1")}
-	f.publish(f.current, testKey("ec-1"))
+	f := &fakeOIDC{audience: "order-management"}
+	f.publish(testKey("rsa-1"), testKey("ec-1"))
 	// The URL is known before the server starts, so that no handler reads it
 	// while it is being set.
 	srv := httptest.NewUnstartedServer(f)
@@ -53,7 +50,7 @@ func newFakeOIDC(t testing.TB) *fakeOIDC {
 // ServeHTTP answers /jwks with the JWKS, any other path with discovery.
 func (f *fakeOIDC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	status, delay, keys := f.status, f.delay, slices.Clone(f.published)
+	status, delay, keys := f.status, f.delay, f.published // publish replaces, never changes, a slice
 	f.mu.Unlock()
 	if r.URL.Path == "/jwks" {
 		f.jwksHits.Add(1)
@@ -82,17 +79,6 @@ func (f *fakeOIDC) publish(keys ...any) {
 	}
 }
 
-// rotate makes a new key current and publishes it at once, beside the others.
-func (f *fakeOIDC) rotate() jose.JSONWebKey {
-	f.rotated++
-	key := testKey(fmt.Sprint("ec-rotated-", f.rotated))
-	f.current = key
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.published = append(f.published, key.Public())
-	return key
-}
-
 // fail makes discovery and the JWKS answer status (0: normally), after delay.
 func (f *fakeOIDC) fail(status int, delay time.Duration) {
 	f.mu.Lock()
@@ -119,8 +105,8 @@ func (f *fakeOIDC) token(t testing.TB, sub string, scopes ...string) string {
 	return f.sign(t, f.claims(sub, scopes...))
 }
 
-// A signOpt changes how sign signs: by default with the current key, its kid
-// and alg, and header typ at+jwt. withKey signs with any key (published or
+// A signOpt changes how sign signs: by default with "rsa-1", its kid and
+// alg, and header typ at+jwt. withKey signs with any key (published or
 // not, or an HMAC []byte), withKid and withTyp set those ("": none).
 type signOpt func(key *jose.JSONWebKey, typ *string)
 
@@ -131,7 +117,7 @@ func withTyp(typ string) signOpt          { return func(_ *jose.JSONWebKey, t *s
 // sign signs claims as a compact JWS.
 func (f *fakeOIDC) sign(t testing.TB, claims any, opts ...signOpt) string {
 	t.Helper()
-	key, typ := f.current, "at+jwt"
+	key, typ := testKey("rsa-1"), "at+jwt"
 	for _, o := range opts {
 		o(&key, &typ)
 	}

@@ -59,6 +59,15 @@ const (
 	keyMaxAge  = 15 * time.Minute
 )
 
+// signingAlgs are the signatures accepted. Symmetric algorithms and "none"
+// are absent on purpose: a public JWKS key must never verify an HMAC.
+var signingAlgs = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512,
+	jose.ES256, jose.ES384, jose.ES512,
+	jose.PS256, jose.PS384, jose.PS512,
+	jose.EdDSA,
+}
+
 // compactJWS is a JWS in compact serialization and nothing else. go-jose
 // would drop whitespace anywhere in a token, so that endless variants of one
 // token would each verify, and each take a place in the token cache.
@@ -90,7 +99,7 @@ func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 	if !compactJWS.MatchString(jwt) {
 		return nil, errors.New("malformed: not a JWS in compact serialization")
 	}
-	jws, err := jose.ParseSigned(jwt, joseSigningAlgs)
+	jws, err := jose.ParseSignedCompact(jwt, signingAlgs)
 	if err != nil {
 		return nil, err
 	}
@@ -100,47 +109,45 @@ func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 		return nil, fmt.Errorf("header typ %v: not an access token", typ)
 	}
 	payload, err := verifyWith(jws, k.current(), header.KeyID)
-	if !errors.Is(err, errUnknownKey) {
-		return payload, err
+	if errors.Is(err, errUnknownKey) {
+		if err = k.refetch(ctx, header.KeyID); err == nil {
+			payload, err = verifyWith(jws, k.current(), header.KeyID)
+		}
 	}
-	if err := k.refetch(ctx, header.KeyID); err != nil {
-		return nil, err
-	}
-	return verifyWith(jws, k.current(), header.KeyID)
+	return payload, err
 }
 
-// verifyWith verifies jws with the first signing key named kid, or with
-// every signing key when kid is empty.
+// verifyWith verifies jws with the first key named kid, or with every key
+// when kid is empty.
 func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) ([]byte, error) {
 	for _, key := range keys {
-		if (kid != "" && key.KeyID != kid) || (key.Use != "" && key.Use != "sig") {
-			continue
-		}
-		if payload, err := jws.Verify(key); err == nil || kid != "" {
-			return payload, err
+		if kid == "" || key.KeyID == kid {
+			if payload, err := jws.Verify(key); err == nil || kid != "" {
+				return payload, err
+			}
 		}
 	}
 	return nil, errUnknownKey
 }
 
 // current returns the keys, and starts a background refresh when they are
-// due for one.
+// due for one and no fetch is under way.
 func (k *keySet) current() []jose.JSONWebKey {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.now().Before(k.refreshAt) {
-		k.startFetch()
+	if k.fetching == nil && !k.now().Before(k.refreshAt) {
+		k.fetching = make(chan struct{})
+		go k.fetch()
 	}
 	return k.keys
 }
 
 // refetch waits for a fetch of the JWKS that may bring the key named kid:
 // the one under way, or else a new one unless unknown key ids have had
-// theirs too recently.
+// theirs too recently. It returns ctx's error when ctx ends first.
 func (k *keySet) refetch(ctx context.Context, kid string) error {
 	k.mu.Lock()
-	done := k.fetching
-	if done == nil {
+	if k.fetching == nil {
 		now := k.now()
 		if now.Sub(k.refetched) < keyRefill || now.Sub(k.fetchedFor[kid]) < keyRetryID {
 			k.mu.Unlock()
@@ -148,34 +155,26 @@ func (k *keySet) refetch(ctx context.Context, kid string) error {
 		}
 		maps.DeleteFunc(k.fetchedFor, func(_ string, at time.Time) bool { return now.Sub(at) >= keyRetryID })
 		k.refetched, k.fetchedFor[kid] = now, now
-		done = k.startFetch()
+		k.fetching = make(chan struct{})
+		go k.fetch()
 	}
+	done := k.fetching
 	k.mu.Unlock()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
-		return ctx.Err()
 	}
+	return ctx.Err()
 }
 
-// startFetch begins a fetch of the JWKS unless one is under way, and returns
-// the channel closed when it ends; k.mu is held.
-func (k *keySet) startFetch() chan struct{} {
-	if k.fetching == nil {
-		k.fetching = make(chan struct{})
-		go k.fetch(k.fetching)
-	}
-	return k.fetching
-}
-
-// fetch replaces the keys with the JWKS's, or keeps them when that fails,
-// and then closes done.
-func (k *keySet) fetch(done chan struct{}) {
-	defer close(done)
+// fetch is the fetch under way, started with k.fetching set: it replaces
+// the keys with the JWKS's, or keeps them when that fails, and then closes
+// k.fetching.
+func (k *keySet) fetch() {
 	keys, err := k.download()
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	close(k.fetching)
 	k.fetching = nil
 	if err != nil {
 		k.log.Warn("JWKS fetch failed; the cached keys stay in use", "error", err)
@@ -187,9 +186,9 @@ func (k *keySet) fetch(done chan struct{}) {
 
 // download fetches and parses the JWKS. It belongs to no request, so that a
 // waiter who gives up fails no other, and the client's timeout bounds it. A
-// key of a type this service cannot use (a future kty, an encryption key) is
-// skipped rather than failing the whole set; a set with no usable key is an
-// error.
+// key this service cannot verify with (a future kty, a private or symmetric
+// key, an encryption key) is skipped rather than failing the whole set; a set
+// with no usable key is an error.
 func (k *keySet) download() ([]jose.JSONWebKey, error) {
 	res, err := k.client.Get(k.url)
 	if err != nil {
@@ -206,7 +205,7 @@ func (k *keySet) download() ([]jose.JSONWebKey, error) {
 	var keys []jose.JSONWebKey
 	for _, raw := range set.Keys {
 		var key jose.JSONWebKey
-		if json.Unmarshal(raw, &key) == nil && key.Valid() && key.IsPublic() {
+		if json.Unmarshal(raw, &key) == nil && key.Valid() && key.IsPublic() && (key.Use == "" || key.Use == "sig") {
 			keys = append(keys, key)
 		}
 	}
@@ -215,11 +214,3 @@ func (k *keySet) download() ([]jose.JSONWebKey, error) {
 	}
 	return keys, nil
 }
-
-// joseSigningAlgs is signingAlgs as go-jose names them.
-var joseSigningAlgs = func() (algs []jose.SignatureAlgorithm) {
-	for _, a := range signingAlgs {
-		algs = append(algs, jose.SignatureAlgorithm(a))
-	}
-	return algs
-}()

@@ -1,12 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
@@ -23,17 +23,12 @@ import (
 
 // smtpConfig says where an SMTP relay is and how to log in to it.
 type smtpConfig struct {
-	host             string // also the name the server's certificate must carry
-	port             string
-	implicitTLS      bool   // smtps: TLS from the first byte rather than STARTTLS
-	starttlsOptional bool   // starttls=optional: a relay without STARTTLS gets the message in clear
-	username         string // empty means no authentication
-	password         string
+	host               string // also the name the server's certificate must carry
+	port               string
+	implicitTLS        bool   // smtps: TLS from the first byte rather than STARTTLS
+	starttlsOptional   bool   // starttls=optional: a relay without STARTTLS gets the message in clear
+	username, password string // no authentication when username is empty
 }
-
-// smtpOptOut is the only query SMTP_URL may carry: it lets an smtp:// relay
-// that does not offer STARTTLS receive messages in clear.
-const smtpOptOut = "starttls=optional"
 
 // parseSMTPURL parses smtp://[user[:pass]@]host[:port][?starttls=optional],
 // port 587 by default, or smtps://[user[:pass]@]host[:port], implicit TLS on
@@ -48,29 +43,22 @@ func parseSMTPURL(raw string) (smtpConfig, error) {
 		// A *url.Error quotes the whole input, password included.
 		return smtpConfig{}, errors.New("mail: SMTP URL is malformed")
 	}
-	cfg := smtpConfig{port: map[string]string{"smtp": "587", "smtps": "465"}[u.Scheme], implicitTLS: u.Scheme == "smtps"}
-	if cfg.port == "" {
-		return smtpConfig{}, fmt.Errorf("mail: SMTP URL scheme %q is not smtp or smtps", u.Scheme)
-	}
-	// An opaque URL such as smtp:user:pass@host has no host either.
-	if cfg.host = u.Hostname(); cfg.host == "" {
-		return smtpConfig{}, errors.New("mail: SMTP URL has no host")
-	}
-	cfg.starttlsOptional = u.RawQuery == smtpOptOut && !cfg.implicitTLS
-	if (u.Path != "" && u.Path != "/") || u.Fragment != "" || u.ForceQuery || (u.RawQuery != "" && !cfg.starttlsOptional) {
-		return smtpConfig{}, errors.New("mail: SMTP URL must have no path or fragment, and no query but ?" +
-			smtpOptOut + " on smtp://")
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return smtpConfig{}, fmt.Errorf("mail: SMTP URL port %q is out of range", p)
-		}
-		cfg.port = p
-	}
-	// Both are "" when the URL has no user info.
-	cfg.username = u.User.Username()
+	defaultPort, known := map[string]string{"smtp": "587", "smtps": "465"}[u.Scheme]
+	// User and password are "" when the URL has no user info.
+	cfg := smtpConfig{host: u.Hostname(), port: cmp.Or(u.Port(), defaultPort), implicitTLS: u.Scheme == "smtps",
+		starttlsOptional: u.Scheme == "smtp" && u.RawQuery == "starttls=optional", username: u.User.Username()}
 	cfg.password, _ = u.User.Password()
-	if cfg.username == "" && cfg.password != "" {
+	port, err := strconv.Atoi(cfg.port)
+	switch {
+	case !known:
+		return smtpConfig{}, fmt.Errorf("mail: SMTP URL scheme %q is not smtp or smtps", u.Scheme)
+	case cfg.host == "": // an opaque URL such as smtp:user:pass@host has none either
+		return smtpConfig{}, errors.New("mail: SMTP URL has no host")
+	case (u.Path != "" && u.Path != "/") || u.Fragment != "" || u.ForceQuery || (u.RawQuery != "" && !cfg.starttlsOptional):
+		return smtpConfig{}, errors.New("mail: SMTP URL must have no path or fragment, and no query but ?starttls=optional on smtp://")
+	case err != nil || port < 1 || port > 65535:
+		return smtpConfig{}, fmt.Errorf("mail: SMTP URL port %q is out of range", cfg.port)
+	case cfg.username == "" && cfg.password != "":
 		return smtpConfig{}, errors.New("mail: SMTP URL has a password but no user")
 	}
 	return cfg, nil
@@ -102,14 +90,8 @@ func newSMTPMailer(cfg smtpConfig, from string, timeout time.Duration) (*smtpMai
 	if !isDomainName(hostname) {
 		hostname = ""
 	}
-	return &smtpMailer{
-		cfg:       cfg,
-		addr:      net.JoinHostPort(cfg.host, cfg.port),
-		from:      from,
-		timeout:   timeout,
-		hostname:  hostname,
-		tlsConfig: &tls.Config{ServerName: cfg.host, MinVersion: tls.VersionTLS12},
-	}, nil
+	return &smtpMailer{cfg: cfg, addr: net.JoinHostPort(cfg.host, cfg.port), from: from, timeout: timeout, hostname: hostname,
+		tlsConfig: &tls.Config{ServerName: cfg.host, MinVersion: tls.VersionTLS12}}, nil
 }
 
 // checkAddress returns an error unless addr is a bare address in printable
@@ -119,7 +101,7 @@ func checkAddress(addr string) error {
 	if strings.ContainsFunc(addr, func(r rune) bool { return r < ' ' || r > '~' }) {
 		return fmt.Errorf("%q is not a plain ASCII address", addr)
 	}
-	if a, err := mail.ParseAddress(addr); err != nil || a.Name != "" || a.Address != addr {
+	if a, err := mail.ParseAddress(addr); err != nil || a.Address != addr {
 		return fmt.Errorf("%q is not a bare e-mail address", addr)
 	}
 	return nil
@@ -142,54 +124,30 @@ func addressLiteral(ip net.IP) string {
 	return "[IPv6:" + ip.String() + "]"
 }
 
-// isLoopback reports whether host is this machine: localhost, 127.0.0.0/8 or
-// ::1. Only there may messages and credentials travel in clear by default.
-func isLoopback(host string) bool {
-	return strings.EqualFold(host, "localhost") || net.ParseIP(host).IsLoopback()
-}
-
-// Send renders n as an e-mail and delivers it to n.To, returning the
-// Message-ID it gave the message, angle brackets included. It makes one
-// attempt: dial, TLS for smtps, EHLO, STARTTLS for smtp (a relay that is not
-// loopback must offer it unless the URL opted out), AUTH PLAIN or LOGIN when
-// the config has a user, MAIL, RCPT, DATA and QUIT, all before the mailer's
-// timeout or ctx's deadline, whichever is sooner; cancelling ctx aborts it. A
-// recipient that is not a bare ASCII address fails before anything is
-// dialled. Every failure is a *SendError, classified as classify describes.
+// Send renders n as a plain-text MIME message with CRLF line endings that
+// carries the whole order, delivers it to n.To, and returns the Message-ID it
+// gave the message, angle brackets included. It makes one attempt: dial, TLS
+// for smtps, EHLO, STARTTLS for smtp (a relay that is not loopback must offer
+// it unless the URL opted out), AUTH PLAIN or LOGIN when the config has a
+// user, MAIL, RCPT, DATA and QUIT, all before the mailer's timeout or ctx's
+// deadline, whichever is sooner; cancelling ctx aborts it. A recipient that
+// is not a bare ASCII address fails before anything is dialled. Every failure
+// is a *SendError, classified as classify describes.
 func (s *smtpMailer) Send(ctx context.Context, n notice) (string, error) {
 	if err := checkAddress(n.To); err != nil {
 		return "", &SendError{Permanent: true, Reason: "mail: recipient " + err.Error()}
 	}
-	msg, id := s.compose(n)
-	if err := s.deliver(ctx, n.To, msg); err != nil {
+	id := fmt.Sprintf("<%s.%d@%s>", rand.Text(), n.OrderID, s.from[strings.LastIndexByte(s.from, '@')+1:])
+	if err := s.deliver(ctx, n, id); err != nil {
 		return "", s.classify(ctx, err)
 	}
 	return id, nil
 }
 
-// compose renders n as a plain-text MIME message with CRLF line endings that
-// carries the whole order, and returns it with its Message-ID.
-func (s *smtpMailer) compose(n notice) (msg, id string) {
-	id = fmt.Sprintf("<%s.%d@%s>", rand.Text(), n.OrderID, s.from[strings.LastIndexByte(s.from, '@')+1:])
-	var b strings.Builder
-	// Auto-Submitted tells well-behaved responders not to answer (RFC 3834).
-	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: Order #%d placed\r\nDate: %s\r\nMessage-ID: %s\r\n"+
-		"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"+
-		"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-		s.from, n.To, n.OrderID, time.Now().Format(time.RFC1123Z), id)
-	// Writing to a strings.Builder cannot fail. Text mode makes every line
-	// break CRLF and keeps lines short enough for any relay.
-	qp := quotedprintable.NewWriter(&b)
-	io.WriteString(qp, mailText(n))
-	qp.Close()
-	return b.String(), id
-}
-
 // mailText is the body of the e-mail telling a customer of their order: the
 // whole order, nothing shortened.
 func mailText(n notice) string {
-	return fmt.Sprintf("Hello %s,\n\nYour order #%d has been placed:\n\n"+
-		"Item:   %s\nAmount: %s %s\nTime:   %s\n\nThank you!\n",
+	return fmt.Sprintf("Hello %s,\n\nYour order #%d has been placed:\n\nItem:   %s\nAmount: %s %s\nTime:   %s\n\nThank you!\n",
 		n.Name, n.OrderID, n.Item, n.Currency, n.Amount, n.Time.Format("Monday, 2 January 2006, 15:04 MST"))
 }
 
@@ -197,28 +155,23 @@ func mailText(n notice) string {
 // the relay may have queued it.
 var errNoVerdict = errors.New("the message was sent but no reply to it arrived")
 
-// deliver runs one SMTP exchange handing msg to the relay for to.
-func (s *smtpMailer) deliver(ctx context.Context, to, msg string) error {
+// deliver runs one SMTP exchange that hands the relay n, for n.To, as a
+// plain-text MIME message with Message-ID id, written straight onto the
+// connection.
+func (s *smtpMailer) deliver(ctx context.Context, n notice, id string) error {
 	deadline := time.Now().Add(s.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	dialer := net.Dialer{Deadline: deadline}
-	conn, err := dialer.DialContext(ctx, "tcp", s.addr)
+	conn, err := (&net.Dialer{Deadline: deadline}).DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		return err
-	}
-	hello := s.hostname
-	if hello == "" {
-		hello = addressLiteral(conn.LocalAddr().(*net.TCPAddr).IP)
 	}
 	if s.cfg.implicitTLS {
 		// The handshake runs on the first read, bounded like every other.
 		conn = tls.Client(conn, s.tlsConfig)
 	}
 	defer conn.Close()
-	// The deadline stops a relay that goes quiet; closing on cancellation
-	// unblocks a read or write already waiting, which net/smtp cannot do.
+	// The deadline stops a relay that goes quiet. ctx, which net/smtp cannot
+	// take, ends the exchange by closing the connection when it is cancelled
+	// or its deadline passes: that unblocks a read or write already waiting.
 	conn.SetDeadline(deadline)
 	defer context.AfterFunc(ctx, func() { conn.Close() })()
 	c, err := smtp.NewClient(conn, s.cfg.host)
@@ -226,48 +179,57 @@ func (s *smtpMailer) deliver(ctx context.Context, to, msg string) error {
 		return err
 	}
 	// EHLO explicitly: Extension would hide a relay refusing EHLO and HELO.
-	if err := c.Hello(hello); err != nil {
-		return err
+	// EHLO, STARTTLS and AUTH hand err on: each runs only while it is nil.
+	err = c.Hello(cmp.Or(s.hostname, addressLiteral(conn.LocalAddr().(*net.TCPAddr).IP)))
+	if ok, _ := c.Extension("STARTTLS"); err == nil && ok && !s.cfg.implicitTLS {
+		err = c.StartTLS(s.tlsConfig)
+	} else if err == nil && !s.cfg.implicitTLS && !slices.Contains([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.host) &&
+		(!s.cfg.starttlsOptional || s.cfg.username != "") {
+		// Only this machine, named as smtp.PlainAuth knows it, gets messages
+		// in clear by default, and credentials in clear at all.
+		return &SendError{Permanent: true, Reason: "smtp: " + s.cfg.host + " does not offer STARTTLS; to send to it in clear, " +
+			"SMTP_URL needs ?starttls=optional and no user"}
 	}
-	if !s.cfg.implicitTLS {
-		if ok, _ := c.Extension("STARTTLS"); ok {
-			if err := c.StartTLS(s.tlsConfig); err != nil {
-				return err
-			}
-		} else if !isLoopback(s.cfg.host) && (!s.cfg.starttlsOptional || s.cfg.username != "") {
-			// Credentials never travel in clear but to this machine.
-			return &SendError{Permanent: true, Reason: "smtp: " + s.cfg.host + " does not offer STARTTLS; to send to it in clear, " +
-				"SMTP_URL needs ?" + smtpOptOut + " and no user"}
-		}
-	}
-	if s.cfg.username != "" {
-		if err := s.login(c); err != nil {
-			return err
-		}
-	}
-	if err := c.Mail(s.from); err != nil {
-		return err
-	}
-	if err := c.Rcpt(to); err != nil {
-		return err
-	}
-	// DATA by hand: c.Data's writer hides whether the final dot reached the
-	// relay, which is what makes a later failure Uncertain.
-	if err := c.Text.PrintfLine("DATA"); err != nil {
-		return err
-	}
-	if _, _, err := c.Text.ReadResponse(354); err != nil {
-		return err
-	}
-	w := c.Text.DotWriter()
-	if _, err = io.WriteString(w, msg); err == nil {
-		err = w.Close() // writes and flushes the final dot
+	// PLAIN when the relay offers it, else LOGIN; the connection is TLS or
+	// loopback by now, as smtp.PlainAuth requires.
+	_, offer := c.Extension("AUTH")
+	switch mechs := strings.Fields(strings.ToUpper(offer)); {
+	case err != nil || s.cfg.username == "":
+	case slices.Contains(mechs, "PLAIN"):
+		err = c.Auth(smtp.PlainAuth("", s.cfg.username, s.cfg.password, s.cfg.host))
+	case slices.Contains(mechs, "LOGIN"):
+		err = c.Auth(&loginAuth{s.cfg.username, s.cfg.password})
+	default:
+		return &SendError{Permanent: true, Reason: fmt.Sprintf("smtp: SMTP_URL has a user, but the relay offers AUTH %q: neither PLAIN nor LOGIN", offer)}
 	}
 	if err != nil {
 		return err
 	}
-	if _, _, err := c.Text.ReadResponse(250); err != nil {
-		if _, verdict := errors.AsType[*textproto.Error](err); !verdict {
+	if err := c.Mail(s.from); err != nil {
+		return err
+	}
+	if err := c.Rcpt(n.To); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	// Auto-Submitted tells well-behaved responders not to answer (RFC 3834).
+	fmt.Fprintf(w, "From: %s\r\nTo: %s\r\nSubject: Order #%d placed\r\nDate: %s\r\nMessage-ID: %s\r\n"+
+		"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+		"Content-Transfer-Encoding: quoted-printable\r\n\r\n", s.from, n.To, n.OrderID, time.Now().Format(time.RFC1123Z), id)
+	// Text mode makes every line break CRLF and keeps lines short enough for
+	// any relay.
+	qp := quotedprintable.NewWriter(w)
+	fmt.Fprint(qp, mailText(n))
+	qp.Close()
+	// Close writes the final dot, then reads the relay's verdict. A write that
+	// failed, there or above, is kept by the connection's bufio.Writer, whose
+	// first error sticks: a flush that succeeds after a failed Close means the
+	// whole message reached the relay, and only the verdict is missing.
+	if err := w.Close(); err != nil {
+		if _, verdict := errors.AsType[*textproto.Error](err); !verdict && c.Text.W.Flush() == nil {
 			return fmt.Errorf("%w: %w", errNoVerdict, err)
 		}
 		return err
@@ -278,39 +240,22 @@ func (s *smtpMailer) deliver(ctx context.Context, to, msg string) error {
 	return nil
 }
 
-// login authenticates with PLAIN when the relay offers it, else LOGIN.
-func (s *smtpMailer) login(c *smtp.Client) error {
-	_, offer := c.Extension("AUTH")
-	switch mechs := strings.Fields(strings.ToUpper(offer)); {
-	case slices.Contains(mechs, "PLAIN"):
-		return c.Auth(&saslAuth{mech: "PLAIN", initial: []byte("\x00" + s.cfg.username + "\x00" + s.cfg.password)})
-	case slices.Contains(mechs, "LOGIN"):
-		return c.Auth(&saslAuth{mech: "LOGIN", answers: []string{s.cfg.username, s.cfg.password}})
-	}
-	return &SendError{Permanent: true, Reason: fmt.Sprintf("smtp: SMTP_URL has a user, but the relay offers AUTH %q: neither PLAIN nor LOGIN", offer)}
-}
+// loginAuth speaks AUTH LOGIN (draft-murchison-sasl-login): it answers the
+// relay's two challenges (nominally "Username:" and "Password:") in turn,
+// their text ignored as the draft says.
+type loginAuth []string
 
-// saslAuth speaks AUTH PLAIN (RFC 4616), the credentials in its initial
-// response, or AUTH LOGIN (draft-murchison-sasl-login), which answers the
-// relay's two challenges (nominally "Username:" and "Password:") in turn, their
-// text ignored as the draft says.
-type saslAuth struct {
-	mech    string
-	initial []byte
-	answers []string // to the relay's challenges, in turn
-}
+func (a *loginAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return "LOGIN", nil, nil }
 
-func (a *saslAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return a.mech, a.initial, nil }
-
-func (a *saslAuth) Next(_ []byte, more bool) ([]byte, error) {
-	switch {
-	case !more:
+func (a *loginAuth) Next(_ []byte, more bool) ([]byte, error) {
+	if !more {
 		return nil, nil
-	case len(a.answers) == 0:
-		return nil, errors.New("unexpected AUTH " + a.mech + " challenge")
 	}
-	answer := a.answers[0]
-	a.answers = a.answers[1:]
+	if len(*a) == 0 {
+		return nil, errors.New("unexpected AUTH LOGIN challenge")
+	}
+	answer := (*a)[0]
+	*a = (*a)[1:]
 	return []byte(answer), nil
 }
 
@@ -327,21 +272,17 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 	}
 	cause := ctx.Err()
 	if d, ok := ctx.Deadline(); ok && cause == nil && !time.Now().Before(d) {
-		// The connection shares ctx's deadline and may report it first.
+		// The dial may report ctx's deadline as its own timeout before ctx
+		// itself has noticed.
 		cause = context.DeadlineExceeded
 	}
-	e := &SendError{Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
 	te, isReply := errors.AsType[*textproto.Error](err)
+	e := &SendError{Permanent: isReply && te.Code/100 == 5, Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
 	switch {
 	case isReply:
 		// Flattened so that a multi-line or hostile reply stays one line.
-		reply := fmt.Sprintf("%03d %s", te.Code, strings.Map(func(r rune) rune {
-			if unicode.IsControl(r) {
-				return ' '
-			}
-			return r
-		}, te.Msg))
-		e.Reason, e.Permanent = "smtp: "+reply, te.Code/100 == 5
+		reply := fmt.Sprintf("%03d %s", te.Code, strings.Join(strings.FieldsFunc(te.Msg, unicode.IsControl), " "))
+		e.Reason = "smtp: " + reply
 		if te.Code == 530 || te.Code == 534 || te.Code == 535 {
 			e.Reason = "smtp: authentication failed: " + reply
 		}

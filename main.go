@@ -217,15 +217,19 @@ func newNotificationChannels(cfg config, log *slog.Logger) (*channels, error) {
 	return cs, cs.setRules(cfg.notifyRules)
 }
 
-// retry calls try until it returns nil, ctx ends, or waiting again would
-// pass deadline, and returns the last error (ctx's error when ctx ended).
-// It waits 100 ms after the first failure, doubling up to 5 s, and tells
-// onRetry of each failure it will retry.
+// retry calls try until it returns nil, ctx ends, or deadline passes (a
+// zero deadline never does), and returns the last error (ctx's error when ctx
+// ended). It waits 100 ms after the first failure, doubling up to 5 s, and
+// makes its last try at the deadline; it tells onRetry of each failure it
+// will retry.
 func retry(ctx context.Context, deadline time.Time, try func() error, onRetry func(err error, wait time.Duration)) error {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		err := try()
-		if err == nil || time.Now().Add(wait).After(deadline) {
+		if err == nil || !deadline.IsZero() && !time.Now().Before(deadline) {
 			return err
+		}
+		if !deadline.IsZero() {
+			wait = min(wait, time.Until(deadline))
 		}
 		onRetry(err, wait)
 		select {

@@ -81,28 +81,25 @@ func (p *tcpProxy) proxiedURL(t *testing.T, dbURL string) string {
 	return u.String()
 }
 
-// An outcome the worker knows is recorded through a database outage rather
-// than dropped: dropping it would send the message again after the lease.
+// An outcome the worker knows is recorded through a database outage longer
+// than its lease rather than dropped, and the worker does not claim the row
+// again meanwhile: either would send the message twice.
 func TestOutboxRecordsThroughDatabaseOutage(t *testing.T) {
 	ta := newTestApp(t, nil)
-	c := ta.createCustomer("C-1", "+254712345678", nil)
-	ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})
 	proxy, db := proxiedDB(t, ta.cfg.databaseURL)
-	w := newWorker(db, ta.server.channels, ta.app.log)
-	claimed, err := w.claim(t.Context(), 10)
-	if err != nil || len(claimed) != 1 {
-		t.Fatalf("claim: %v, %d rows", err, len(claimed))
-	}
-	w.send(t.Context(), claimed[0])
-	proxy.setCut(true)
-	go func() { time.Sleep(700 * time.Millisecond); proxy.setCut(false) }()
-	start := time.Now()
-	w.recordBatch(t.Context(), claimed)
-	if time.Since(start) < 500*time.Millisecond {
-		t.Errorf("recorded after %v, while the database was cut off", time.Since(start))
-	}
-	if n := ta.outbox(claimed[0].notice.OrderID); n.status != "sent" {
-		t.Errorf("status after the outage: got %q, want sent", n.status)
+	sms := &recordingSender{fail: func(notice, int) error {
+		// Accepted, and then the database goes away for over two leases.
+		proxy.setCut(true)
+		time.AfterFunc(700*time.Millisecond, func() { proxy.setCut(false) })
+		return nil
+	}}
+	w := ta.otherWorker(sms)
+	w.db, w.lease, w.heartbeat, w.poll = db, 300*time.Millisecond, 100*time.Millisecond, 20*time.Millisecond
+	ta.startWorker(w, time.Second)
+	c := ta.createCustomer("C-1", "+254712345678", nil)
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})
+	if n := ta.settled(o.ID); n.status != "sent" || n.attempts != 1 || sms.attempts(o.ID) != 1 {
+		t.Errorf("after the outage: got %s after %d attempts, %d sends; want sent after 1, and 1 send", n.status, n.attempts, sms.attempts(o.ID))
 	}
 	if !strings.Contains(ta.logs.String(), "recording outcomes failed; retrying") {
 		t.Error("the retry was not logged")

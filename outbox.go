@@ -170,26 +170,31 @@ func (w *worker) run(ctx context.Context, drain time.Duration) {
 }
 
 // claim leases up to n due rows, with what their senders need to render the
-// message. The statement commits on its own, so the claim is visible to every
-// replica before any message leaves.
+// message, leaving out the rows this worker has in flight (whose lease may
+// have lapsed while it could not record their outcomes). The statement
+// commits on its own, so the claim is visible to every replica before any
+// message leaves.
 func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 	if n == 0 {
 		return nil, nil
 	}
+	w.mu.Lock()
+	inFlight := slices.AppendSeq(make([]int64, 0, len(w.inFlight)), maps.Keys(w.inFlight)) // never nil, which SQL would read as NULL
+	w.mu.Unlock()
 	leaseEnd := time.Now().Add(w.lease)
 	rows, err := w.db.QueryContext(ctx, `
 		UPDATE notifications n
 		SET attempts = n.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
 		FROM (
 			SELECT id FROM notifications
-			WHERE status = 'pending' AND next_attempt_at <= now()
+			WHERE status = 'pending' AND next_attempt_at <= now() AND id <> ALL($3)
 			ORDER BY next_attempt_at
 			LIMIT $1
 			FOR UPDATE SKIP LOCKED
 		) due, orders o, customers c
 		WHERE n.id = due.id AND o.id = n.order_id AND c.id = o.customer_id
 		RETURNING n.id, n.attempts, n.channel, n.recipient, o.id, c.name, o.item, o.amount, o.currency, o.time`,
-		n, w.lease.Seconds())
+		n, w.lease.Seconds(), inFlight)
 	return collect(rows, err, func(row scanner) (*claimed, error) {
 		c := &claimed{leaseEnd: leaseEnd}
 		err := row.Scan(&c.id, &c.attempts, &c.channel, &c.notice.To, &c.notice.OrderID, &c.notice.Name,
@@ -323,25 +328,19 @@ func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
 	n := len(batch)
 	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
 	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)
-	deadline := time.Now().Add(w.lease)
-	w.mu.Lock()
 	for i, o := range batch {
 		ids[i], attempts[i], statuses[i], providerIDs[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.providerID, o.retryIn.Seconds()
 		if o.err != nil {
 			lastErrors[i] = o.err.Error()
 		}
-		if o.leaseEnd.Before(deadline) {
-			deadline = o.leaseEnd
-		}
 	}
-	w.mu.Unlock()
 	// The update is guarded by the attempt number, so repeating it is safe.
-	// It is retried through a database restart, because the process still
-	// knows these outcomes and dropping one would resend a delivered message;
-	// the heartbeat keeps the rows leased meanwhile, and retrying stops when
-	// a lease could end.
+	// It is retried until the database answers or the shutdown's drain ends,
+	// because the process still knows these outcomes and dropping one would
+	// resend a delivered message; meanwhile the rows stay out of this
+	// worker's claims, and the heartbeat renews their leases when it can.
 	var applied []int64
-	err := retry(ctx, deadline, func() error {
+	err := retry(ctx, time.Time{}, func() error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		rows, err := w.db.QueryContext(ctx, `

@@ -166,6 +166,27 @@ func TestOutboxRescuesADeadWorkersRows(t *testing.T) {
 	}
 }
 
+// A worker whose lease on a row lapsed while it still held the outcome (it
+// could not record it) does not claim the row again itself.
+func TestOutboxLeavesItsOwnRowsInFlightAlone(t *testing.T) {
+	ta := newTestApp(t, nil)
+	c := ta.createCustomer("CUST-1", "+254712345678", nil)
+	ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
+	w := ta.otherWorker(&recordingSender{})
+	rows, err := w.claim(t.Context(), 10)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("claim: got %d rows, %v; want 1", len(rows), err)
+	}
+	w.takeOff(t.Context(), rows[0])
+	ta.store.db.Exec(`UPDATE notifications SET next_attempt_at = now()`) // the lease lapsed
+	if again, err := w.claim(t.Context(), 10); err != nil || len(again) != 0 {
+		t.Errorf("claim of a row in flight: got %d rows, %v; want none", len(again), err)
+	}
+	if other, err := ta.otherWorker(&recordingSender{}).claim(t.Context(), 10); err != nil || len(other) != 1 {
+		t.Errorf("another worker's claim: got %d rows, %v; want the row", len(other), err)
+	}
+}
+
 // A live worker's heartbeat keeps a send that outlasts the lease its own:
 // another worker never sends the row meanwhile.
 func TestOutboxHeartbeatKeepsALongSend(t *testing.T) {

@@ -12,9 +12,6 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"regexp"
-	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -28,6 +25,18 @@ const (
 	atMaxBody = 64 << 10
 	// atMaxReason caps a reason, which is stored and shown to staff.
 	atMaxReason = 200
+
+	// One SMS segment holds 160 GSM-7 septets, or 70 UTF-16 units when any
+	// character needs UCS-2. An item is never cut below smsMinItem
+	// characters, a first name is cut to smsMaxName. gsmBasic and gsmExtended
+	// are the GSM 03.38 alphabet: basic characters take one septet, extended
+	// ones two; text with any other character is sent as UCS-2.
+	gsmSegment  = 160
+	ucs2Segment = 70
+	smsMinItem  = 9
+	smsMaxName  = 12
+	gsmBasic    = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+	gsmExtended = "^{}\\[~]|€\f"
 )
 
 // atBaseURL returns the Africa's Talking API origin for username: the sandbox
@@ -44,13 +53,11 @@ func atBaseURL(username string) string {
 // carries the API key in a header. The error never repeats raw, which may
 // hold a user and password.
 func checkATBaseURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	switch u, err := url.Parse(raw); {
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
 		return errors.New("must be an http(s) URL with a host, such as https://api.africastalking.com")
-	}
-	ip := net.ParseIP(u.Hostname())
-	loopback := strings.EqualFold(u.Hostname(), "localhost") || ip != nil && ip.IsLoopback() // 127.0.0.0/8, ::1
-	if u.Scheme == "http" && !loopback {
+	case u.Scheme == "http" && !strings.EqualFold(u.Hostname(), "localhost") && !net.ParseIP(u.Hostname()).IsLoopback():
+		// IsLoopback takes in 127.0.0.0/8 and ::1, and is false for a name.
 		return fmt.Errorf("plain http is allowed only for a loopback host, not %q; use https", u.Hostname())
 	}
 	return nil
@@ -68,14 +75,7 @@ type africasTalking struct {
 // username with apiKey. An empty senderID leaves the sender to the account's
 // default. client carries the caller's timeout and must not be nil.
 func newAfricasTalking(baseURL, username, apiKey, senderID string, client *http.Client) *africasTalking {
-	return &africasTalking{
-		baseURL:  strings.TrimRight(baseURL, "/"),
-		username: username,
-		apiKey:   apiKey,
-		senderID: senderID,
-		client:   client,
-		now:      time.Now,
-	}
+	return &africasTalking{baseURL: strings.TrimRight(baseURL, "/"), username: username, apiKey: apiKey, senderID: senderID, client: client, now: time.Now}
 }
 
 // Send texts smsText(n) to n.To and returns the Africa's Talking messageId
@@ -94,12 +94,20 @@ func (a *africasTalking) Send(ctx context.Context, n notice) (string, error) {
 		GetConn:      func(string) { written.Store(false) },
 		WroteRequest: func(w httptrace.WroteRequestInfo) { written.Store(w.Err == nil) },
 	})
-	req, err := a.newRequest(ctx, n)
+	// The one request: a form-encoded POST, the API key in a header.
+	form := url.Values{"username": {a.username}, "to": {n.To}, "message": {smsText(n)}}
+	if a.senderID != "" {
+		form.Set("from", a.senderID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.baseURL+"/version1/messaging", strings.NewReader(form.Encode()))
 	if err != nil {
 		// Only a base URL that checkATBaseURL refuses gets here, and
 		// resending cannot fix it.
 		return "", a.fail(SendError{Permanent: true, Reason: "africastalking: building request: " + err.Error(), Err: err})
 	}
+	req.Header.Set("apiKey", a.apiKey)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := a.client.Do(req)
 	if err != nil {
 		if written.Load() {
@@ -125,87 +133,57 @@ func (a *africasTalking) Send(ctx context.Context, n notice) (string, error) {
 		SMSMessageData struct {
 			Message    string
 			Recipients []struct {
-				StatusCode int    `json:"statusCode"`
-				Status     string `json:"status"`
-				MessageID  string `json:"messageId"`
+				StatusCode        int
+				Status, MessageID string
 			}
 		}
 	}
 	err = json.Unmarshal(body, &r)
-	data := r.SMSMessageData
-	msg := strings.TrimSpace(data.Message)
-	if err != nil || len(data.Recipients) == 0 && msg == "" {
+	switch recipients, msg := r.SMSMessageData.Recipients, strings.TrimSpace(r.SMSMessageData.Message); {
+	case err != nil || len(recipients) == 0 && msg == "":
 		return "", a.fail(SendError{Uncertain: true, Reason: fmt.Sprintf("africastalking: not the expected answer (HTTP %d): %s", resp.StatusCode, body), Err: err})
-	}
-	if len(data.Recipients) == 0 {
+	case len(recipients) == 0:
 		// With no recipients the request itself was refused, and the texts
 		// seen here ("InvalidSenderId", "User is in blacklist", ...) describe
 		// configuration or the customer, which a retry does not change. Only a
 		// text naming a transient cause is retried.
 		return "", a.fail(SendError{Permanent: !atTransient.MatchString(msg), Reason: "africastalking: " + msg})
+	case recipients[0].StatusCode >= 100 && recipients[0].StatusCode <= 102:
+		return recipients[0].MessageID, nil
 	}
-	rec := data.Recipients[0]
-	sent, permanent := atClassify(rec.StatusCode)
-	if sent {
-		return rec.MessageID, nil
-	}
-	se := SendError{Permanent: permanent, Reason: fmt.Sprintf("africastalking: %s (statusCode %d)", rec.Status, rec.StatusCode)}
+	rec := r.SMSMessageData.Recipients[0]
+	se := SendError{Permanent: atPermanent[rec.StatusCode], Reason: fmt.Sprintf("africastalking: %s (statusCode %d)", rec.Status, rec.StatusCode)}
 	if rec.StatusCode == 409 {
-		se.RetryAt = quietHoursEnd(a.now())
+		// The Nigerian Communications Commission bars promotional SMS from
+		// 20:00 to 08:00 WAT, and Africa's Talking refuses such a message from
+		// a sender id it has flagged promotional with statusCode 409
+		// ("Introducing Status Code 409 for Promotional Sender IDs in
+		// Nigeria", 4 July 2023, https://status.africastalking.com/incident/538/),
+		// so a retry can succeed only once the quiet hours are over. West
+		// Africa Time, Nigeria's clock all year, is UTC+1 with no daylight
+		// saving, so 08:00 WAT is 07:00 UTC every day. The first one strictly
+		// after now is 07:00 on the UTC day that holds now+17h (Truncate
+		// counts days in UTC).
+		se.RetryAt = a.now().Add(17 * time.Hour).Truncate(24 * time.Hour).Add(7 * time.Hour)
 	}
 	return "", a.fail(se)
 }
 
-// newRequest builds the form-encoded POST that sends n.
-func (a *africasTalking) newRequest(ctx context.Context, n notice) (*http.Request, error) {
-	form := url.Values{"username": {a.username}, "to": {n.To}, "message": {smsText(n)}}
-	if a.senderID != "" {
-		form.Set("from", a.senderID)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.baseURL+"/version1/messaging", strings.NewReader(form.Encode()))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("apiKey", a.apiKey)
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	return req, nil
-}
-
-// atClassify reports whether a per-recipient statusCode means the provider
-// accepted the message and, if not, whether retrying is pointless.
-//
-// Retried: 405 InsufficientBalance (a top-up fixes it), 407 CouldNotRoute (a
-// route on the provider's side that comes back; a bad number gets 403 or 404
-// instead), 409 DoNotDisturbRejection (once the quiet hours are over, see
-// quietHoursEnd), 500 InternalServerError and 501 GatewayError (the provider
-// or the operator's gateway recovers), and any code not listed here, because
-// retrying an unknown outcome is safer than dropping an order notification.
-//
-// Permanent: 402 InvalidSenderId, 403 InvalidPhoneNumber, 404
+// atPermanent holds the per-recipient statusCodes after which retrying is
+// pointless: 402 InvalidSenderId, 403 InvalidPhoneNumber, 404
 // UnsupportedNumberType and 406 UserInBlacklist depend on the sender
 // configuration or the customer's number, and 401 RiskHold and 502
 // RejectedByGateway are verdicts on this sender and content that a resend
 // gets again; all of them need a person, not another attempt.
-func atClassify(code int) (sent, permanent bool) {
-	return code >= 100 && code <= 102, slices.Contains([]int{401, 402, 403, 404, 406, 502}, code)
-}
-
-// quietHoursEnd returns the first 08:00 WAT after t. The Nigerian
-// Communications Commission bars promotional SMS from 20:00 to 08:00, and
-// Africa's Talking refuses such a message from a sender id it has flagged
-// promotional with statusCode 409 ("Introducing Status Code 409 for
-// Promotional Sender IDs in Nigeria", 4 July 2023,
-// https://status.africastalking.com/incident/538/), so a retry can succeed
-// only once the quiet hours are over. West Africa Time, Nigeria's clock all
-// year, is UTC+1 with no daylight saving, so 08:00 WAT is 07:00 UTC every day.
-func quietHoursEnd(t time.Time) time.Time {
-	end := t.Truncate(24 * time.Hour).Add(7 * time.Hour) // Truncate counts days in UTC
-	if !end.After(t) {
-		end = end.Add(24 * time.Hour)
-	}
-	return end
-}
+//
+// Every other refusal is retried: 405 InsufficientBalance (a top-up fixes
+// it), 407 CouldNotRoute (a route on the provider's side that comes back; a
+// bad number gets 403 or 404 instead), 409 DoNotDisturbRejection (once the
+// quiet hours are over), 500 InternalServerError and 501 GatewayError (the
+// provider or the operator's gateway recovers), and any code not listed
+// here, because retrying an unknown outcome is safer than dropping an order
+// notification.
+var atPermanent = map[int]bool{401: true, 402: true, 403: true, 404: true, 406: true, 502: true}
 
 // atTransient matches a request-level message from Africa's Talking that
 // names a cause that can clear up by itself or by a top-up.
@@ -270,47 +248,27 @@ func parseDeliveryReport(form url.Values) (deliveryReport, error) {
 	return r, nil
 }
 
-// SMS text limits: one segment holds 160 GSM-7 septets, or 70 UTF-16 units
-// when any character needs UCS-2. An item is never cut below smsMinItem
-// characters, a first name is cut to smsMaxName. gsmBasic and gsmExtended
-// are the GSM 03.38 alphabet: basic characters take one septet, extended
-// ones two; text with any other character is sent as UCS-2.
-const (
-	gsmSegment  = 160
-	ucs2Segment = 70
-	smsMinItem  = 9
-	smsMaxName  = 12
-	gsmBasic    = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-	gsmExtended = "^{}\\[~]|€\f"
-)
-
 // smsText is the SMS telling a customer of their order. Typographic
 // punctuation and Unicode spaces become their GSM-7 stand-ins first, so that
 // a curly apostrophe does not force UCS-2 and its 70-unit segment. A text
 // longer than one segment has its item cut, ending in "...", just enough to
-// fit; when the shortest item does not fit, the first name is cut too and the
-// item again just enough. When no cut fits, the whole text goes uncut, in
-// several segments: a cut that saves no segment only loses words.
+// fit but never below smsMinItem characters; when that does not fit, the
+// first name is cut to smsMaxName and the item again just enough. When no
+// cut fits, the whole text goes uncut, in several segments: a cut that saves
+// no segment only loses words.
 func smsText(n notice) string {
 	// toGSM has made every Unicode space a plain one.
 	name, _, _ := strings.Cut(strings.TrimSpace(toGSM(n.Name)), " ")
 	item := []rune(toGSM(n.Item))
 	render := func(name string, keep int) string {
-		return "Hi " + name + ", your order #" + strconv.FormatInt(n.OrderID, 10) + " for " + shorten(item, keep) +
-			" (" + n.Currency + " " + n.Amount.String() + ") has been placed. Thank you!"
+		return fmt.Sprintf("Hi %s, your order #%d for %s (%s %s) has been placed. Thank you!", name, n.OrderID, shorten(item, keep), n.Currency, n.Amount)
 	}
-	cuts := max(len(item)-smsMinItem, 0)
 	// A name no longer than smsMaxName is tried twice, to no effect.
 	for _, name := range []string{name, shorten([]rune(name), smsMaxName)} {
-		// Every rune cut saves a unit or two and "..." is GSM-7, so cutting
-		// more never stops a text from fitting: bisection finds the least cut
-		// that fits.
-		i := sort.Search(cuts+1, func(i int) bool {
-			length, segment := smsSize(render(name, len(item)-i))
-			return length <= segment
-		})
-		if i <= cuts {
-			return render(name, len(item)-i)
+		for keep := len(item); keep >= min(len(item), smsMinItem); keep-- {
+			if length, segment := smsSize(render(name, keep)); length <= segment {
+				return render(name, keep)
+			}
 		}
 	}
 	return render(name, len(item))
@@ -327,21 +285,17 @@ func shorten(r []rune, n int) string {
 // gsmStandIns are the GSM-7 characters sent for typographic ones that GSM-7
 // lacks; toGSM also turns "…" into "..." and Unicode spaces into plain ones.
 var gsmStandIns = map[rune]rune{
-	'‘': '\'', '’': '\'', '‚': '\'', '′': '\'',
-	'“': '"', '”': '"', '„': '"', '″': '"', '«': '"', '»': '"',
+	'‘': '\'', '’': '\'', '‚': '\'', '′': '\'', '“': '"', '”': '"', '„': '"', '″': '"', '«': '"', '»': '"',
 	'‒': '-', '–': '-', '—': '-', '―': '-', '−': '-',
 }
 
 // toGSM replaces typographic characters with their GSM-7 stand-ins.
 func toGSM(s string) string {
 	return strings.Map(func(r rune) rune {
-		if sub, ok := gsmStandIns[r]; ok {
-			return sub
-		}
 		if unicode.Is(unicode.Zs, r) {
 			return ' '
 		}
-		return r
+		return cmp.Or(gsmStandIns[r], r) // r itself where it has no stand-in
 	}, strings.ReplaceAll(s, "…", "..."))
 }
 
@@ -349,13 +303,12 @@ func toGSM(s string) string {
 // encoding s needs: septets and 160 for GSM-7, UTF-16 units and 70 for UCS-2.
 func smsSize(s string) (length, segment int) {
 	for _, r := range s {
-		switch {
-		case strings.ContainsRune(gsmBasic, r):
-			length++
-		case strings.ContainsRune(gsmExtended, r):
-			length += 2
-		default:
+		if !strings.ContainsRune(gsmBasic+gsmExtended, r) {
 			return len(utf16.Encode([]rune(s))), ucs2Segment
+		}
+		length++
+		if strings.ContainsRune(gsmExtended, r) {
+			length++ // the escape septet that precedes an extended character
 		}
 	}
 	return length, gsmSegment
