@@ -14,6 +14,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -110,13 +111,25 @@ func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
 	w.Write(s.openapi)
 }
 
-// requestInfo travels in the request's context so that the single log line
-// written when the request ends can name who made it and why it failed.
+// requestInfo is what the single log line written when a request ends says
+// of it. It travels in the request's context, so that handlers can record who
+// made the request and why it failed, and it is the ResponseWriter they write
+// to, so that it learns the status.
 type requestInfo struct {
+	http.ResponseWriter
+	status  int // the first status written; 0 means an implicit 200, or nothing written yet
 	id      string
 	subject string
 	cause   error  // an internal error, logged at level ERROR
 	note    string // why a request was refused, when the status alone does not say
+}
+
+// WriteHeader records the status before writing it.
+func (info *requestInfo) WriteHeader(code int) {
+	if info.status == 0 {
+		info.status = code
+	}
+	info.ResponseWriter.WriteHeader(code)
 }
 
 type requestInfoKey struct{}
@@ -136,32 +149,29 @@ func requestInfoFrom(ctx context.Context) *requestInfo {
 func (s *server) observe(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &requestInfo{id: requestID(r.Header.Get("X-Request-Id"))}
-		h := w.Header()
-		h.Set("X-Request-Id", info.id)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Cache-Control", "no-store")
-		rec := &statusRecorder{ResponseWriter: w}
+		info := &requestInfo{ResponseWriter: w, id: requestID(r.Header.Get("X-Request-Id"))}
+		w.Header().Set("X-Request-Id", info.id)
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Cache-Control", "no-store")
 		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
 
 		handler, pattern := mux.Handler(r)
 		defer func() {
-			if v := recover(); v != nil {
-				if v == http.ErrAbortHandler {
-					panic(v)
-				}
-				info.cause = fmt.Errorf("panic: %v", v)
-				if rec.status == 0 {
-					writeProblem(rec, http.StatusInternalServerError, "internal error; request id "+info.id, nil)
-				}
+			switch v := recover(); {
+			case v == http.ErrAbortHandler:
+				panic(v)
+			case v != nil && info.status == 0:
+				fail(info, r, fmt.Errorf("panic: %v", v))
+			case v != nil:
+				info.cause = fmt.Errorf("panic: %v", v) // too late to answer 500
 			}
-			s.logRequest(r, pattern, rec.status, time.Since(start), info)
+			s.logRequest(r, pattern, time.Since(start), info)
 		}()
 		if pattern == "" {
-			unrouted(rec, r, handler)
+			unrouted(info, r, handler)
 			return
 		}
-		mux.ServeHTTP(rec, r)
+		mux.ServeHTTP(info, r)
 	})
 }
 
@@ -171,18 +181,20 @@ func (s *server) observe(mux *http.ServeMux) http.Handler {
 func unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
 	sink := &headerSink{header: http.Header{}}
 	muxAnswer.ServeHTTP(sink, r)
-	if sink.status == http.StatusMethodNotAllowed {
-		allow := sink.header.Get("Allow")
-		w.Header().Set("Allow", allow)
-		writeProblem(w, http.StatusMethodNotAllowed, r.Method+" is not allowed here; allowed: "+allow, nil)
+	if sink.status != http.StatusMethodNotAllowed {
+		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path, nil)
 		return
 	}
-	writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path, nil)
+	allow := sink.header.Get("Allow")
+	w.Header().Set("Allow", allow)
+	writeProblem(w, http.StatusMethodNotAllowed, r.Method+" is not allowed here; allowed: "+allow, nil)
 }
 
-func (s *server) logRequest(r *http.Request, pattern string, status int, d time.Duration, info *requestInfo) {
+// logRequest writes the request's log line; the cause of an internal error
+// makes it an ERROR.
+func (s *server) logRequest(r *http.Request, pattern string, d time.Duration, info *requestInfo) {
 	level := slog.LevelInfo
-	attrs := []any{"method", r.Method, "route", pattern, "status", max(status, http.StatusOK),
+	attrs := []any{"method", r.Method, "route", pattern, "status", max(info.status, http.StatusOK),
 		"duration_ms", float64(d.Microseconds()) / 1000, "request_id", info.id}
 	if info.subject != "" {
 		attrs = append(attrs, "sub", info.subject)
@@ -208,20 +220,6 @@ func requestID(given string) string {
 }
 
 const alphanumeric = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-
-// statusRecorder remembers the status for the log line; 0 means an implicit
-// 200, or nothing written yet.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusRecorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
 
 // headerSink is a ResponseWriter that keeps only the status and headers.
 type headerSink struct {
@@ -276,38 +274,26 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 func decodeStrict(data []byte, v any) error {
 	switch {
 	case len(bytes.TrimSpace(data)) == 0:
-		return &requestError{status: http.StatusBadRequest, detail: "the body must not be empty"}
+		return malformed("the body must not be empty")
 	case !utf8.Valid(data):
-		return &requestError{status: http.StatusBadRequest, detail: "the body is not valid UTF-8"}
+		return malformed("the body is not valid UTF-8")
 	case !json.Valid(data):
 		return jsonError(json.Unmarshal(data, v))
 	}
-	seen := map[string]bool{}
-	for _, name := range memberNames(data) {
-		bad := func(detail string) error {
-			return &requestError{status: http.StatusBadRequest, detail: strconv.Quote(name) + " " + detail,
-				fields: []fieldError{{Pointer: "#/" + name, Detail: detail}}}
+	names := memberNames(data)
+	for i, name := range names {
+		if detail := memberProblem(reflect.TypeOf(v).Elem(), names, i); detail != "" {
+			return malformed(strconv.Quote(name)+" "+detail, fieldError{Pointer: "#/" + name, Detail: detail})
 		}
-		switch known := memberName(reflect.TypeOf(v).Elem(), name); {
-		case seen[name]:
-			return bad("appears twice")
-		case known == "":
-			return bad("is not a known member")
-		case known != name:
-			return bad("is not a known member; names are case-sensitive: " + strconv.Quote(known))
-		}
-		seen[name] = true
 	}
 	return jsonError(json.Unmarshal(data, v))
 }
 
 // memberNames returns the names of the members of the object that data, valid
-// JSON, holds, unescaped; none when it holds something else. It reads data in
-// place: a body of a megabyte is not copied to learn its few names.
+// JSON, holds, unescaped: its strings at depth 1 followed by a colon, so none
+// when it holds something else. It reads data in place: a body of a megabyte
+// is not copied to learn its few names.
 func memberNames(data []byte) []string {
-	if bytes.TrimSpace(data)[0] != '{' {
-		return nil
-	}
 	var names []string
 	depth := 0
 	for i := 0; i < len(data); i++ {
@@ -335,51 +321,49 @@ func memberNames(data []byte) []string {
 	return names
 }
 
-// memberName returns the JSON name of t's field that name spells, ignoring
-// case, or "".
-func memberName(t reflect.Type, name string) string {
-	for i := range t.NumField() {
-		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if strings.EqualFold(tag, name) {
-			return tag
+// memberProblem says what is wrong with names[i], the name of a member of an
+// object decoded into the struct type t, whose fields all have JSON names, or
+// returns "": a name must be one of those, exactly, and appear once. The
+// names before i passed, so they are few: at most t's fields.
+func memberProblem(t reflect.Type, names []string, i int) string {
+	if slices.Contains(names[:i], names[i]) {
+		return "appears twice"
+	}
+	for f := range t.NumField() {
+		switch tag, _, _ := strings.Cut(t.Field(f).Tag.Get("json"), ","); {
+		case tag == names[i]:
+			return ""
+		case strings.EqualFold(tag, names[i]):
+			return "is not a known member; names are case-sensitive: " + strconv.Quote(tag)
 		}
 	}
-	return ""
+	return "is not a known member"
 }
 
 // jsonError turns a decoding failure into a requestError that tells the
 // client what and where.
 func jsonError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var (
-		syntax *json.SyntaxError
-		typ    *json.UnmarshalTypeError
-		tooBig *http.MaxBytesError
-	)
-	bad := func(detail string, fields ...fieldError) error {
-		return &requestError{status: http.StatusBadRequest, detail: detail, fields: fields}
-	}
+	tooBig, isTooBig := errors.AsType[*http.MaxBytesError](err)
+	syntax, isSyntax := errors.AsType[*json.SyntaxError](err)
+	typ, isType := errors.AsType[*json.UnmarshalTypeError](err)
 	switch {
-	case errors.As(err, &tooBig):
+	case err == nil:
+		return nil
+	case isTooBig:
 		return &requestError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("the body must not exceed %d bytes", tooBig.Limit)}
-	case errors.As(err, &syntax):
-		return bad(fmt.Sprintf("malformed JSON at byte %d: %s", syntax.Offset, syntax.Error()))
+	case isSyntax:
+		return malformed(fmt.Sprintf("malformed JSON at byte %d: %s", syntax.Offset, syntax.Error()))
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return bad("malformed JSON: the body ends early")
+		return malformed("malformed JSON: the body ends early")
 	case errors.Is(err, io.EOF):
-		return bad("the body must not be empty")
-	case errors.As(err, &typ):
+		return malformed("the body must not be empty")
+	case isType:
 		kind := map[reflect.Kind]string{reflect.Int64: "number", reflect.String: "string", reflect.Struct: "object"}[typ.Type.Kind()]
-		detail := "must be a JSON " + cmp.Or(kind, typ.Type.String()) + ", not " + typ.Value
-		if typ.Field == "" {
-			return bad("the body "+detail, fieldError{Pointer: "#", Detail: detail})
-		}
-		field := strings.ReplaceAll(typ.Field, ".", "/")
-		return bad(field+" "+detail, fieldError{Pointer: "#/" + field, Detail: detail})
+		f := fieldError{Pointer: strings.TrimSuffix("#/"+strings.ReplaceAll(typ.Field, ".", "/"), "/"),
+			Detail: "must be a JSON " + cmp.Or(kind, typ.Type.String()) + ", not " + typ.Value}
+		return malformed(describe(f), f)
 	}
-	return bad("malformed JSON: " + err.Error())
+	return malformed("malformed JSON: " + err.Error())
 }
 
 // pathID parses the {id} path value; an id that cannot exist is not found.
@@ -434,13 +418,12 @@ func list[T any](kind byte, fetch func(context.Context, pageRequest) ([]T, error
 
 // respond answers with v, or with err as a problem when it is not nil.
 func respond(w http.ResponseWriter, r *http.Request, status int, v any, err error) {
-	if err != nil {
+	switch {
+	case err != nil:
 		fail(w, r, err)
-		return
-	}
-	if status == http.StatusNoContent {
+	case status == http.StatusNoContent:
 		w.WriteHeader(status)
-		return
+	default:
+		writeJSON(w, r, status, v)
 	}
-	writeJSON(w, r, status, v)
 }

@@ -38,6 +38,11 @@ type requestError struct {
 
 func (e *requestError) Error() string { return e.detail }
 
+// malformed is a 400: a body that cannot be read as a request, as detail says.
+func malformed(detail string, fields ...fieldError) *requestError {
+	return &requestError{status: http.StatusBadRequest, detail: detail, fields: fields}
+}
+
 // invalid is a 422 naming one bad input.
 func invalid(f fieldError) *requestError {
 	return &requestError{status: http.StatusUnprocessableEntity, detail: describe(f), fields: []fieldError{f}}
@@ -65,8 +70,8 @@ const maxFieldErrors = 100
 // counts the rest.
 type checker struct {
 	prefix string // JSON pointer of the object checked: "#", or "#/3" in an import
-	row    int    // the CSV row, when checking a CSV record
 	index  int    // the import row checked
+	csv    bool   // whether that row is a CSV record, named "row index+1"
 	fields []fieldError
 	total  int
 }
@@ -76,19 +81,17 @@ func newChecker() *checker { return &checker{prefix: "#"} }
 // at moves the checker to row i of an import, named "#/i" in JSON and
 // "row i+1" in CSV.
 func (c *checker) at(i int, csv bool) {
-	c.index, c.prefix, c.row = i, "#/"+strconv.Itoa(i), 0
-	if csv {
-		c.row = i + 1
-	}
+	c.index, c.prefix, c.csv = i, "#/"+strconv.Itoa(i), csv
 }
 
 // add records that the member name is bad, as detail says.
 func (c *checker) add(name, detail string) {
-	if c.row > 0 {
-		c.addError(fieldError{Row: c.row, Field: name, Detail: "row " + strconv.Itoa(c.row) + ": " + name + " " + detail})
-		return
+	f := fieldError{Pointer: c.prefix + "/" + name, Detail: detail}
+	if c.csv {
+		row := c.index + 1
+		f = fieldError{Row: row, Field: name, Detail: "row " + strconv.Itoa(row) + ": " + name + " " + detail}
 	}
-	c.addError(fieldError{Pointer: c.prefix + "/" + name, Detail: detail})
+	c.addError(f)
 }
 
 // addError records f for the current row. Rows are checked in order, and
@@ -98,10 +101,8 @@ func (c *checker) addError(f fieldError) {
 	c.total++
 	f.index = c.index
 	at, _ := slices.BinarySearchFunc(c.fields, f.index+1, func(e fieldError, i int) int { return cmp.Compare(e.index, i) })
-	if at < maxFieldErrors {
-		c.fields = slices.Insert(c.fields, at, f)
-		c.fields = c.fields[:min(len(c.fields), maxFieldErrors)]
-	}
+	c.fields = slices.Insert(c.fields, at, f)
+	c.fields = c.fields[:min(len(c.fields), maxFieldErrors)]
 }
 
 // err returns nil when nothing was added, else a 422 whose detail is the
@@ -153,21 +154,19 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []fie
 // never to the client, who gets the request id to quote.
 func fail(w http.ResponseWriter, r *http.Request, err error) {
 	info := requestInfoFrom(r.Context())
-	var (
-		conflict *conflictError
-		request  *requestError
-		auth     *authError
-	)
+	auth, isAuth := errors.AsType[*authError](err)
+	conflict, isConflict := errors.AsType[*conflictError](err)
+	request, isRequest := errors.AsType[*requestError](err)
 	switch {
 	case errors.Is(err, errNotFound):
 		writeProblem(w, http.StatusNotFound, "no such resource: "+r.URL.Path, nil)
-	case errors.As(err, &auth):
+	case isAuth:
 		info.note = auth.reason
 		w.Header().Set("WWW-Authenticate", auth.challenge)
 		writeProblem(w, auth.status, auth.detail, nil)
-	case errors.As(err, &conflict):
+	case isConflict:
 		writeProblem(w, http.StatusConflict, conflict.detail, nil)
-	case errors.As(err, &request):
+	case isRequest:
 		if request.status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "5")
 		}
@@ -186,15 +185,12 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 // reached or dropped the connection (a restart, a failover), which a client
 // may retry, as opposed to a fault in the service.
 func databaseUnavailable(err error) bool {
-	var (
-		connect *pgconn.ConnectError
-		netErr  net.Error
-		pgErr   *pgconn.PgError
-	)
-	if errors.As(err, &pgErr) {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
 		// Connection exceptions, and operator intervention: shutdown, crash,
 		// cannot connect now.
 		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
 	}
-	return errors.As(err, &connect) || errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn)
+	_, connect := errors.AsType[*pgconn.ConnectError](err)
+	_, network := errors.AsType[net.Error](err)
+	return connect || network || errors.Is(err, driver.ErrBadConn)
 }

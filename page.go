@@ -28,14 +28,11 @@ type cursor struct {
 
 // encode makes the cursor opaque: clients must treat it as a token.
 func (c cursor) encode() string {
-	b := make([]byte, 0, 40)
-	b = append(b, c.Kind, '.')
+	b := append(make([]byte, 0, 40), c.Kind, '.')
 	if c.Kind == 'o' {
-		b = strconv.AppendInt(b, c.Time.UnixMicro(), 36)
-		b = append(b, '.')
+		b = append(strconv.AppendInt(b, c.Time.UnixMicro(), 36), '.')
 	}
-	b = strconv.AppendInt(b, c.ID, 36)
-	return base64.RawURLEncoding.EncodeToString(b)
+	return base64.RawURLEncoding.EncodeToString(strconv.AppendInt(b, c.ID, 36))
 }
 
 // decodeCursor parses a cursor issued for a list of the given kind. It
@@ -76,24 +73,23 @@ func (p pageRequest) afterID() int64 {
 	return p.after.ID
 }
 
-// parsePage reads limit and after from q; c collects what is wrong with them.
+// parsePage reads limit and after from q; c collects what is wrong with them,
+// and the page is to be used only when c holds nothing.
 func parsePage(q url.Values, kind byte, c *checker) pageRequest {
 	p := pageRequest{limit: defaultLimit}
-	if v := q.Get("limit"); v != "" || q.Has("limit") {
-		n, err := strconv.Atoi(v)
+	if q.Has("limit") {
+		n, err := strconv.Atoi(q.Get("limit"))
 		if err != nil || n < 1 || n > maxLimit {
 			c.addError(fieldError{Parameter: "limit", Detail: "limit must be an integer from 1 to 100"})
-		} else {
-			p.limit = n
 		}
+		p.limit = n
 	}
 	if q.Has("after") {
 		cur, ok := decodeCursor(q.Get("after"), kind)
 		if !ok {
 			c.addError(fieldError{Parameter: "after", Detail: "after must be a next_cursor value returned by this list"})
-		} else {
-			p.after = &cur
 		}
+		p.after = &cur
 	}
 	return p
 }
@@ -107,13 +103,12 @@ type listPage[T any] struct {
 // writePage answers a list. rows holds up to limit+1 items: the extra one only
 // proves that a next page exists. next makes the cursor for the last row kept.
 func writePage[T any](w http.ResponseWriter, r *http.Request, rows []T, limit int, next func(T) cursor) {
-	page := listPage[T]{Data: rows}
-	if page.Data == nil {
-		page.Data = []T{}
+	page := listPage[T]{Data: rows[:min(len(rows), limit)]}
+	if rows == nil {
+		page.Data = []T{} // an empty list is [], never null
 	}
 	if len(rows) > limit {
-		page.Data = rows[:limit]
-		token := next(page.Data[limit-1]).encode()
+		token := next(rows[limit-1]).encode()
 		page.NextCursor = &token
 		q := r.URL.Query()
 		q.Set("after", token)
