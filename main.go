@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -35,52 +36,48 @@ func main() {
 	}
 }
 
-// config is the service's configuration, read from the environment.
+// config is the service's configuration, read from the environment and
+// checked, with the notification providers it names built.
 type config struct {
 	databaseURL    string
 	port           string
 	issuer         string
 	audiences      []string
-	atUsername     string
-	atAPIKey       string
-	atSenderID     string
-	atBaseURL      string
+	sms            *africasTalking // nil when AT_USERNAME is not set
+	mailer         *smtpMailer     // nil when SMTP_URL is not set
 	callbackSecret string
-	smtpURL        string
-	mailFrom       string
 	notifyRules    string
 	logLevel       slog.Level
-	patience       time.Duration // how long start-up waits for the database and the provider
-	drain          time.Duration // how long shutdown waits for requests and sends
 }
 
-// loadConfig reads and checks the environment. Its errors name the variable
-// and never include a secret.
+// startupPatience bounds how long start-up waits for the OIDC provider, and
+// then for the database.
+const startupPatience = 30 * time.Second
+
+// drainTime bounds how long shutdown waits for the requests in flight, and
+// then for the sends under way.
+const drainTime = 25 * time.Second
+
+// loadConfig reads and checks the environment, and builds the notification
+// providers it configures. Its errors name the variable and never include a
+// secret.
 func loadConfig(getenv func(string) string) (config, error) {
 	c := config{
 		databaseURL:    getenv("DATABASE_URL"),
 		port:           cmp.Or(getenv("PORT"), "8080"),
 		issuer:         getenv("OIDC_ISSUER_URL"),
-		atUsername:     getenv("AT_USERNAME"),
-		atAPIKey:       getenv("AT_API_KEY"),
-		atSenderID:     getenv("AT_SENDER_ID"),
-		atBaseURL:      getenv("AT_BASE_URL"),
 		callbackSecret: getenv("AT_CALLBACK_SECRET"),
-		smtpURL:        getenv("SMTP_URL"),
-		mailFrom:       getenv("MAIL_FROM"),
 		notifyRules:    cmp.Or(getenv("NOTIFY_RULES"), "*=sms"),
-		patience:       30 * time.Second,
-		drain:          25 * time.Second,
 	}
 	for a := range strings.SplitSeq(getenv("OIDC_AUDIENCE"), ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			c.audiences = append(c.audiences, a)
 		}
 	}
-	if u, err := url.Parse(c.databaseURL); c.databaseURL == "" || err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+	if u, err := url.Parse(c.databaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
 		return c, errors.New("DATABASE_URL must be a postgres:// URL with a host (postgres://user:pass@host:5432/db?sslmode=...)")
 	}
-	if p, err := strconv.Atoi(c.port); err != nil || p < 0 || p > 65535 {
+	if _, err := strconv.ParseUint(c.port, 10, 16); err != nil {
 		return c, fmt.Errorf("PORT must be a TCP port number, not %q", c.port)
 	}
 	if u, err := url.Parse(c.issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -89,20 +86,33 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if len(c.audiences) == 0 {
 		return c, errors.New("OIDC_AUDIENCE is required (the aud this API's access tokens carry; several may be given, comma-separated)")
 	}
-	if (c.atUsername == "") != (c.atAPIKey == "") {
+	user, apiKey := getenv("AT_USERNAME"), getenv("AT_API_KEY")
+	if (user == "") != (apiKey == "") {
 		return c, errors.New("AT_USERNAME and AT_API_KEY must be set together")
 	}
-	if c.atUsername != "" {
-		c.atBaseURL = cmp.Or(c.atBaseURL, atBaseURL(c.atUsername))
-		if err := checkATBaseURL(c.atBaseURL); err != nil {
+	if user != "" {
+		base := cmp.Or(getenv("AT_BASE_URL"), atBaseURL(user))
+		if err := checkATBaseURL(base); err != nil {
 			return c, fmt.Errorf("AT_BASE_URL: %w", err)
 		}
+		// One connection per concurrent send stays open between sends: the
+		// default two idle connections per host would make most sends dial
+		// (and handshake TLS) again.
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConnsPerHost = maxConcurrentSends
+		c.sms = newAfricasTalking(base, user, apiKey, getenv("AT_SENDER_ID"), &http.Client{Timeout: 15 * time.Second, Transport: transport})
 	}
 	if s := c.callbackSecret; s != "" && (len(s) < 16 || strings.Trim(s, alphanumeric+"-_.~") != "") {
 		return c, errors.New("AT_CALLBACK_SECRET must be at least 16 letters, digits, '-', '_', '.' or '~'")
 	}
-	if c.smtpURL != "" && c.mailFrom == "" {
-		return c, errors.New("MAIL_FROM is required when SMTP_URL is set")
+	if smtpURL := getenv("SMTP_URL"); smtpURL != "" {
+		relay, err := parseSMTPURL(smtpURL)
+		if err != nil {
+			return c, fmt.Errorf("SMTP_URL: %w", err)
+		}
+		if c.mailer, err = newSMTPMailer(relay, getenv("MAIL_FROM"), 15*time.Second); err != nil {
+			return c, fmt.Errorf("MAIL_FROM must be the sender's bare address when SMTP_URL is set: %w", err)
+		}
 	}
 	if c.logLevel.UnmarshalText([]byte(cmp.Or(getenv("LOG_LEVEL"), "info"))) != nil {
 		return c, fmt.Errorf("LOG_LEVEL must be debug, info, warn or error, not %q", getenv("LOG_LEVEL"))
@@ -119,17 +129,47 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.logLevel}))
-	app, err := newApp(ctx, cfg, log)
+	a, err := newApp(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer app.close()
+	defer a.close()
 	ln, err := net.Listen("tcp", ":"+cfg.port)
 	if err != nil {
 		return fmt.Errorf("PORT: %w", err)
 	}
 	log.Info("listening", "addr", ln.Addr().String())
-	return app.serve(ctx, ln)
+	srv := &http.Server{
+		Handler:           a.server.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second, // imports may be 32 MiB
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
+	var worker sync.WaitGroup
+	worker.Go(func() { a.worker.run(workerCtx, drainTime) })
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(nosniffListener{ln.(*net.TCPListener)}) }()
+
+	// Serve returns nothing but an accept error before Shutdown is called.
+	select {
+	case err = <-serveErr:
+	case <-ctx.Done():
+		log.Info("shutting down")
+		// The parent context is already cancelled; shutdown gets its own.
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTime)
+		err = srv.Shutdown(shutdownCtx)
+		cancel()
+	}
+	// Requests are finished, so no new outbox rows can appear from this
+	// process; the worker now finishes the sends it has under way.
+	stopWorker()
+	worker.Wait()
+	log.Info("stopped")
+	return err
 }
 
 // app is the running service: its store, its HTTP server and its worker.
@@ -141,21 +181,38 @@ type app struct {
 	worker *worker
 }
 
-// newApp connects to the database, applies the schema, discovers the OIDC
-// provider and wires the notification channels.
-func newApp(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error) {
+// newApp wires the notification channels, discovers the OIDC provider,
+// connects to the database and applies the schema. A channel whose provider
+// is not configured writes to the log, with a warning so that nobody takes a
+// local run's silence for delivery.
+func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
+	cs := newChannels()
+	if cfg.sms != nil {
+		cs.register("sms", cfg.sms, "phone")
+	} else {
+		log.Warn("AT_USERNAME is not set: SMS notifications are written to the log, not sent")
+		cs.register("sms", logSender{channel: "sms", render: smsText, log: log}, "phone")
+	}
+	if cfg.mailer != nil {
+		cs.register("email", cfg.mailer, "email")
+	} else {
+		log.Warn("SMTP_URL is not set: e-mail notifications are written to the log, not sent")
+		cs.register("email", logSender{channel: "email", render: mailText, log: log}, "email")
+	}
+	if err := cs.setRules(cfg.notifyRules); err != nil {
+		return nil, err
+	}
+	auth, err := newAuthenticator(ctx, cfg.issuer, cfg.audiences, &http.Client{Timeout: 10 * time.Second}, startupPatience, log)
+	if err != nil {
+		return nil, err
+	}
 	st, err := openStore(cfg.databaseURL)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			st.close()
-		}
-	}()
 	// A service started alongside its database waits for it rather than
 	// crash-looping.
-	err = retry(ctx, time.Now().Add(cfg.patience), func() error {
+	err = retry(ctx, time.Now().Add(startupPatience), func() error {
 		pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return st.ping(pingCtx)
@@ -163,18 +220,12 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err erro
 		log.Warn("database not reachable; retrying", "error", err, "retry_in", wait.String())
 	})
 	if err != nil {
+		st.close()
 		return nil, fmt.Errorf("DATABASE_URL: the database does not answer: %w", err)
 	}
 	if err := st.migrate(ctx); err != nil {
+		st.close()
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
-	}
-	auth, err := newAuthenticator(ctx, cfg.issuer, cfg.audiences, &http.Client{Timeout: 10 * time.Second}, cfg.patience, log)
-	if err != nil {
-		return nil, err
-	}
-	cs, err := newNotificationChannels(cfg, log)
-	if err != nil {
-		return nil, err
 	}
 	w := newWorker(st.db, cs, log)
 	return &app{cfg: cfg, log: log, store: st, worker: w, server: &server{
@@ -183,39 +234,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err erro
 	}}, nil
 }
 
-// newNotificationChannels registers every channel: the real provider where
-// it is configured, the log where it is not (with a warning, so nobody takes
-// a local run's silence for delivery).
-func newNotificationChannels(cfg config, log *slog.Logger) (*channels, error) {
-	cs := newChannels()
-	// One connection per concurrent send stays open between sends: the
-	// default two idle connections per host would make most sends dial (and
-	// handshake TLS) again.
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = maxConcurrentSends
-	client := &http.Client{Timeout: 15 * time.Second, Transport: transport}
-	if cfg.atUsername != "" {
-		cs.register("sms", newAfricasTalking(cfg.atBaseURL, cfg.atUsername, cfg.atAPIKey, cfg.atSenderID, client), "phone")
-	} else {
-		log.Warn("AT_USERNAME is not set: SMS notifications are written to the log, not sent")
-		cs.register("sms", logSender{channel: "sms", render: smsText, log: log}, "phone")
-	}
-	if cfg.smtpURL != "" {
-		smtpCfg, err := parseSMTPURL(cfg.smtpURL)
-		if err != nil {
-			return nil, fmt.Errorf("SMTP_URL: %w", err)
-		}
-		mailer, err := newSMTPMailer(smtpCfg, cfg.mailFrom, 15*time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("MAIL_FROM: %w", err)
-		}
-		cs.register("email", mailer, "email")
-	} else {
-		log.Warn("SMTP_URL is not set: e-mail notifications are written to the log, not sent")
-		cs.register("email", logSender{channel: "email", render: mailText, log: log}, "email")
-	}
-	return cs, cs.setRules(cfg.notifyRules)
-}
+func (a *app) close() { a.store.close() }
 
 // retry calls try until it returns nil, ctx ends, or deadline passes (a
 // zero deadline never does), and returns the last error (ctx's error when ctx
@@ -240,85 +259,34 @@ func retry(ctx context.Context, deadline time.Time, try func() error, onRetry fu
 	}
 }
 
-// serve answers requests on ln and runs the worker until ctx ends, then shuts
-// both down within the drain time.
-func (a *app) serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           a.server.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second, // imports may be 32 MiB
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
-	}
-	workerCtx, stopWorker := context.WithCancel(context.WithoutCancel(ctx))
-	workerDone := make(chan struct{})
-	go func() {
-		defer close(workerDone)
-		a.worker.run(workerCtx, a.cfg.drain)
-	}()
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(nosniffListener{ln}) }()
-
-	var err error
-	select {
-	case err = <-serveErr:
-	case <-ctx.Done():
-		a.log.Info("shutting down")
-		// The parent context is already cancelled; shutdown gets its own.
-		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.drain)
-		err = srv.Shutdown(shutdownCtx)
-		cancel()
-	}
-	// Requests are finished, so no new outbox rows can appear from this
-	// process; the worker now finishes the sends it has under way.
-	stopWorker()
-	<-workerDone
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	a.log.Info("stopped")
-	return err
-}
-
-func (a *app) close() { a.store.close() }
-
 // nosniffListener adds "X-Content-Type-Options: nosniff" to the plain-text
 // answers net/http writes on its own to requests it cannot parse (400, 431,
 // 501). They are written to the connection before any handler could run, so
 // the connection is the only place to reach them.
-type nosniffListener struct{ net.Listener }
+type nosniffListener struct{ *net.TCPListener }
 
 func (l nosniffListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
+	c, err := l.AcceptTCP()
 	if err != nil {
 		return nil, err
 	}
 	return nosniffConn{c}, nil
 }
 
-type nosniffConn struct{ net.Conn }
+// nosniffConn keeps the TCP connection's CloseWrite, which the server uses to
+// half-close before hanging up on a request whose headers were too large.
+type nosniffConn struct{ *net.TCPConn }
 
 // serverErrorHeaders are the headers of net/http's own error answers.
 var serverErrorHeaders = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
 
 func (c nosniffConn) Write(b []byte) (int, error) {
 	if !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) || !bytes.Contains(b, serverErrorHeaders) {
-		return c.Conn.Write(b)
+		return c.TCPConn.Write(b)
 	}
 	patched := bytes.Replace(b, serverErrorHeaders, []byte("\r\nX-Content-Type-Options: nosniff"+string(serverErrorHeaders)), 1)
-	if _, err := c.Conn.Write(patched); err != nil {
+	if _, err := c.TCPConn.Write(patched); err != nil {
 		return 0, err
 	}
 	return len(b), nil
-}
-
-// CloseWrite lets the server half-close, as it does before hanging up on a
-// request whose headers were too large.
-func (c nosniffConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
 }

@@ -1,11 +1,12 @@
 package main
 
 import (
-	"bufio"
+	"cmp"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -19,26 +20,44 @@ func TestLoadConfig(t *testing.T) {
 		"OIDC_ISSUER_URL": "https://login.example.com/realms/acme",
 		"OIDC_AUDIENCE":   "order-management",
 	}
-	with := func(k, v string) map[string]string {
-		m := map[string]string{}
-		for key, val := range valid {
-			m[key] = val
+	// with returns valid changed by the key, value pairs kv.
+	with := func(kv ...string) map[string]string {
+		env := maps.Clone(valid)
+		for i := 0; i+1 < len(kv); i += 2 {
+			env[kv[i]] = kv[i+1]
 		}
-		m[k] = v
-		return m
+		return env
 	}
-	withAT := func(base string) map[string]string {
-		m := with("AT_USERNAME", "u")
-		m["AT_API_KEY"], m["AT_BASE_URL"] = "k", base
-		return m
+	for _, tc := range []struct {
+		env       map[string]string
+		smsBase   string // the SMS provider's base URL; "" for none
+		mail      bool   // whether an SMTP relay is configured
+		audiences string
+	}{
+		{valid, "", false, "order-management"},
+		{with("AT_USERNAME", "sandbox", "AT_API_KEY", "k"), "https://api.sandbox.africastalking.com", false, "order-management"},
+		{with("AT_USERNAME", "acme", "AT_API_KEY", "k"), "https://api.africastalking.com", false, "order-management"},
+		{with("AT_USERNAME", "acme", "AT_API_KEY", "k", "AT_BASE_URL", "http://127.0.0.1:9100"), "http://127.0.0.1:9100", false, "order-management"},
+		{with("SMTP_URL", "smtp://u:secret@mail:587", "MAIL_FROM", "orders@example.com"), "", true, "order-management"},
+		{with("OIDC_AUDIENCE", " api://orders , 8f1c0d2e-0000-4000-8000-000000000001,"), "", false, "api://orders|8f1c0d2e-0000-4000-8000-000000000001"},
+	} {
+		cfg, err := loadConfig(func(k string) string { return tc.env[k] })
+		if err != nil {
+			t.Fatalf("%v: got %v, want no error", tc.env, err)
+		}
+		smsBase := cmp.Or(cfg.sms, &africasTalking{}).baseURL
+		if smsBase != tc.smsBase || (cfg.mailer != nil) != tc.mail || strings.Join(cfg.audiences, "|") != tc.audiences ||
+			cfg.port != "8080" || cfg.notifyRules != "*=sms" || cfg.logLevel != slog.LevelInfo {
+			t.Errorf("%v: got SMS at %q, mail %v, audiences %q, port %q, rules %q, level %v; want %q, %v, %q and the defaults 8080, *=sms, INFO",
+				tc.env, smsBase, cfg.mailer != nil, cfg.audiences, cfg.port, cfg.notifyRules, cfg.logLevel, tc.smsBase, tc.mail, tc.audiences)
+		}
 	}
-	cases := []struct {
+
+	for _, tc := range []struct {
 		name  string
 		env   map[string]string
-		names string // the variable the error must name; "" for success
+		names string // the variable the error must name
 	}{
-		{"valid", valid, ""},
-		{"AT base in clear to loopback", withAT("http://127.0.0.1:9100"), ""},
 		{"no database", with("DATABASE_URL", ""), "DATABASE_URL"},
 		{"database not a URL", with("DATABASE_URL", "host=db user=u password=secret"), "DATABASE_URL"},
 		{"database wrong scheme", with("DATABASE_URL", "mysql://u:secret@db/app"), "DATABASE_URL"},
@@ -51,75 +70,37 @@ func TestLoadConfig(t *testing.T) {
 		{"only commas for audience", with("OIDC_AUDIENCE", " , ,"), "OIDC_AUDIENCE"},
 		{"AT key without user", with("AT_API_KEY", "secret"), "AT_USERNAME"},
 		{"AT user without key", with("AT_USERNAME", "acme"), "AT_API_KEY"},
-		{"bad AT base", withAT("ftp://x"), "AT_BASE_URL"},
-		{"AT base in clear to another host", withAT("http://user:secret@gateway.example.com"), "AT_BASE_URL"},
+		{"bad AT base", with("AT_USERNAME", "u", "AT_API_KEY", "secret", "AT_BASE_URL", "ftp://x"), "AT_BASE_URL"},
+		{"AT base in clear to another host", with("AT_USERNAME", "u", "AT_API_KEY", "k", "AT_BASE_URL", "http://user:secret@gateway.example.com"), "AT_BASE_URL"},
 		{"short callback secret", with("AT_CALLBACK_SECRET", "secret"), "AT_CALLBACK_SECRET"},
 		{"callback secret not URL-safe", with("AT_CALLBACK_SECRET", "secret/secret/secret"), "AT_CALLBACK_SECRET"},
+		{"SMTP not smtp", with("SMTP_URL", "http://u:secret@mail", "MAIL_FROM", "a@example.com"), "SMTP_URL"},
 		{"SMTP without sender", with("SMTP_URL", "smtp://u:secret@mail:587"), "MAIL_FROM"},
+		{"sender with a display name", with("SMTP_URL", "smtp://u:secret@mail:25", "MAIL_FROM", "Shop <a@example.com>"), "MAIL_FROM"},
 		{"bad log level", with("LOG_LEVEL", "loud"), "LOG_LEVEL"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := loadConfig(func(k string) string { return tc.env[k] })
-			if tc.names == "" {
-				if err != nil {
-					t.Fatalf("got %v, want no error", err)
-				}
-				if cfg.port != "8080" || cfg.notifyRules != "*=sms" || cfg.logLevel.String() != "INFO" || len(cfg.audiences) != 1 {
-					t.Errorf("defaults: got port %q rules %q level %v audiences %q", cfg.port, cfg.notifyRules, cfg.logLevel, cfg.audiences)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.names) {
-				t.Fatalf("got %v, want an error naming %s", err, tc.names)
-			}
-			if strings.Contains(err.Error(), "secret") || strings.Contains(err.Error(), "\n") {
-				t.Errorf("error %q leaks a secret or spans lines", err)
-			}
-		})
-	}
-	cfg, _ := loadConfig(func(k string) string {
-		return with("AT_USERNAME", "sandbox")[k] + map[string]string{"AT_API_KEY": "k"}[k]
-	})
-	if cfg.atBaseURL != "https://api.sandbox.africastalking.com" {
-		t.Errorf("sandbox base URL: got %q", cfg.atBaseURL)
-	}
-	cfg, _ = loadConfig(func(k string) string {
-		return with("OIDC_AUDIENCE", " api://orders , 8f1c0d2e-0000-4000-8000-000000000001,")[k]
-	})
-	if strings.Join(cfg.audiences, "|") != "api://orders|8f1c0d2e-0000-4000-8000-000000000001" {
-		t.Errorf("audiences: got %q", cfg.audiences)
+	} {
+		_, err := loadConfig(func(k string) string { return tc.env[k] })
+		if err == nil || !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("%s: got %v, want an error naming %s", tc.name, err, tc.names)
+		} else if strings.Contains(err.Error(), "secret") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: error %q leaks a secret or spans lines", tc.name, err)
+		}
 	}
 }
 
-// Start-up refuses what it cannot use, naming the variable.
-func TestNewAppRefusesBadNotificationConfig(t *testing.T) {
+// Start-up refuses what it cannot use, naming the variable and never the
+// password.
+func TestStartupRefuses(t *testing.T) {
 	iss := newFakeOIDC(t)
-	base := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": iss.audience}
-	cases := map[string]map[string]string{
-		"NOTIFY_RULES": {"NOTIFY_RULES": "*=fax"},
-		"SMTP_URL":     {"SMTP_URL": "http://mail", "MAIL_FROM": "a@example.com"},
-		"MAIL_FROM":    {"SMTP_URL": "smtp://mail:25", "MAIL_FROM": "Shop <a@example.com>"},
-	}
-	for name, extra := range cases {
-		env := map[string]string{}
-		for k, v := range base {
-			env[k] = v
+	env := map[string]string{"DATABASE_URL": "postgres://nobody:secret@127.0.0.1:1/none", "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": iss.audience}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second) // how long the database is waited for
+	defer cancel()
+	for variable, rules := range map[string]string{"NOTIFY_RULES": "*=fax", "DATABASE_URL": "*=sms"} {
+		env["NOTIFY_RULES"] = rules
+		err := run(ctx, func(k string) string { return env[k] }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), variable) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: got %v, want an error naming it without the password", variable, err)
 		}
-		for k, v := range extra {
-			env[k] = v
-		}
-		err := run(t.Context(), func(k string) string { return env[k] }, io.Discard)
-		if err == nil || !strings.Contains(err.Error(), name) {
-			t.Errorf("%s: got %v, want an error naming it", name, err)
-		}
-	}
-	cfg, _ := loadConfig(func(k string) string {
-		return map[string]string{"DATABASE_URL": "postgres://nobody:secret@127.0.0.1:1/none", "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": "a"}[k]
-	})
-	cfg.patience = 300 * time.Millisecond
-	if _, err := newApp(t.Context(), cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") || strings.Contains(err.Error(), "secret") {
-		t.Errorf("unreachable database: got %v, want an error naming DATABASE_URL without the password", err)
 	}
 }
 
@@ -130,59 +111,52 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": testSchemaURL(t), "OIDC_ISSUER_URL": iss.url, "OIDC_AUDIENCE": iss.audience, "PORT": "0"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out, logs := io.Pipe()
+	logs := &syncBuffer{}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, logs); logs.Close() }()
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, logs) }()
+	var listening []map[string]any
+	eventually(t, 20*time.Second, "run logs the address it listens on, or returns", func() bool {
+		listening = logLines(t, logs.String(), "msg", "listening")
+		return len(listening) == 1 || len(done) == 1
+	})
+	if len(listening) != 1 {
+		t.Fatalf("run returned before listening: %v", <-done)
+	}
+	addr := strings.Replace(listening[0]["addr"].(string), "[::]", "127.0.0.1", 1)
 
-	addr := make(chan string, 1)
-	var seen strings.Builder
-	var mu sync.Mutex
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			mu.Lock()
-			seen.WriteString(sc.Text() + "\n")
-			mu.Unlock()
-			var line map[string]any
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "listening" {
-				addr <- strings.Replace(line["addr"].(string), "[::]", "127.0.0.1", 1)
-			}
-		}
-	}()
-	var base string
-	select {
-	case a := <-addr:
-		base = "http://" + a
-	case err := <-done:
-		t.Fatalf("run returned before listening: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("run did not start listening")
+	// net/http's own answers carry nosniff too, and one to headers too large
+	// arrives whole: the server half-closes before it hangs up.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	res, err := http.Get(base + "/healthz")
-	if err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("healthz: %v %v", res, err)
+	defer conn.Close()
+	go io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 2*maxHeaderBytes)+"\r\n\r\n")
+	if answer, err := io.ReadAll(conn); err != nil || !strings.HasPrefix(string(answer), "HTTP/1.1 431 ") || !strings.Contains(string(answer), "\r\nX-Content-Type-Options: nosniff\r\n") {
+		t.Errorf("headers too large: got %q, %v; want a 431 with nosniff", answer, err)
 	}
-	res.Body.Close()
 
 	// A slow client is mid-request when the shutdown begins: its request is
 	// still answered.
-	req, _ := http.NewRequest("POST", base+"/v1/customers", &slowBody{data: `{"code":"SLOW","name":"S","phone":"+254712345678"}`, delay: 300 * time.Millisecond})
+	body, slow := io.Pipe()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/customers", body)
 	req.Header.Set("Authorization", "Bearer "+iss.token(t, "staff-1", allScopes...))
 	req.Header.Set("Content-Type", "application/json")
-	status := make(chan int, 1)
+	answered := make(chan *http.Response, 1)
 	go func() {
 		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			status <- 0
-			return
+		if err == nil {
+			res.Body.Close()
 		}
-		res.Body.Close()
-		status <- res.StatusCode
+		answered <- res
 	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()
-	if got := <-status; got != http.StatusCreated {
-		t.Errorf("in-flight request during shutdown: got %d, want 201", got)
+	time.Sleep(200 * time.Millisecond)
+	io.WriteString(slow, `{"code":"SLOW","name":"S","phone":"+254712345678"}`)
+	slow.Close()
+	if res := <-answered; res == nil || res.StatusCode != http.StatusCreated {
+		t.Errorf("in-flight request during shutdown: got %v, want 201", res)
 	}
 	select {
 	case err := <-done:
@@ -192,48 +166,26 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return after cancellation")
 	}
-	if _, err := http.Get(base + "/healthz"); err == nil {
+	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
 		t.Error("the server still answers after shutdown")
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "SMS notifications are written to the log"} {
-		if !strings.Contains(seen.String(), want) {
+		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %s", want)
 		}
 	}
 }
 
-// slowBody is a request body that trickles in after a delay.
-type slowBody struct {
-	data  string
-	delay time.Duration
-	done  bool
-}
-
-func (b *slowBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	time.Sleep(b.delay)
-	b.done = true
-	return copy(p, b.data), nil
-}
-
-// Several replicas starting at once apply the schema one at a time, and
-// applying it again changes nothing in the catalog.
+// Several replicas starting at once (here, on connections of their own) apply
+// the schema one at a time, and applying it again changes nothing in the
+// catalog.
 func TestMigrateConcurrently(t *testing.T) {
-	url := testSchemaURL(t)
-	st, err := openStore(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.close()
+	ta := newTestApp(t, nil) // start-up has applied the schema
 	// The schema's tables, columns, constraints and indexes, with the
 	// identities (OIDs) that re-creating any of them would change.
 	catalog := func() string {
 		var got string
-		err := st.db.QueryRow(`
+		err := ta.store.db.QueryRow(`
 			SELECT string_agg(format('%s %s %s %s', c.oid, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)), E'\n' ORDER BY c.relname, a.attnum)
 				|| (SELECT string_agg(format('%s %s %s', oid, conname, pg_get_constraintdef(oid)), E'\n' ORDER BY conname)
 					FROM pg_constraint WHERE connamespace = current_schema()::regnamespace)
@@ -244,29 +196,16 @@ func TestMigrateConcurrently(t *testing.T) {
 		}
 		return got
 	}
-	if err := st.migrate(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	before := catalog()
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
 	for range 4 {
 		wg.Go(func() {
-			other, err := openStore(url)
-			if err == nil {
-				err = other.migrate(t.Context())
-				other.close()
+			if err := ta.store.migrate(t.Context()); err != nil {
+				t.Errorf("migrate: %v", err)
 			}
-			errs <- err
 		})
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("migrate: %v", err)
-		}
-	}
 	if after := catalog(); after != before {
 		t.Errorf("applying the schema again changed the catalog:\nbefore:\n%s\nafter:\n%s", before, after)
 	}

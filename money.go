@@ -4,7 +4,6 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -27,20 +26,20 @@ var (
 func parseMoney(s string) (Money, error) {
 	unsigned, negative := strings.CutPrefix(s, "-")
 	whole, frac, dot := strings.Cut(unsigned, ".")
+	// Leading zeros carry no value, nor do trailing zeros beyond two places
+	// ("1.500" is 1.50).
+	significant, places := strings.TrimLeft(whole, "0"), strings.TrimRight(frac, "0")
 	switch {
 	case !allDigits(whole) || dot && !allDigits(frac):
 		return 0, errMoneySyntax
 	case negative:
 		return 0, errMoneyNegative
-	}
-	// Trailing zeros beyond two places carry no value ("1.500" is 1.50).
-	if frac = strings.TrimRight(frac, "0"); len(frac) > 2 {
+	case len(places) > 2:
 		return 0, errMoneyPrecision
-	}
-	if whole = strings.TrimLeft(whole, "0"); len(whole) > 10 {
+	case len(significant) > 10:
 		return 0, errMoneyRange
 	}
-	cents, _ := strconv.ParseInt("0"+whole+frac+"00"[len(frac):], 10, 64)
+	cents, _ := strconv.ParseInt("0"+significant+places+"00"[len(places):], 10, 64)
 	return Money(cents), nil
 }
 
@@ -54,19 +53,12 @@ func (m Money) appendTo(b []byte) []byte {
 	return append(b, '.', byte('0'+m%100/10), byte('0'+m%10))
 }
 
-// MarshalJSON writes m as a JSON string, "3.40".
-func (m Money) MarshalJSON() ([]byte, error) {
-	b := m.appendTo(append(make([]byte, 0, 18), '"'))
-	return append(b, '"'), nil
-}
+// MarshalText writes m as String does; JSON carries it as a string, "3.40".
+func (m Money) MarshalText() ([]byte, error) { return m.appendTo(make([]byte, 0, 16)), nil }
 
-// UnmarshalJSON reads the string MarshalJSON writes.
-func (m *Money) UnmarshalJSON(b []byte) error {
-	var s string
-	err := json.Unmarshal(b, &s)
-	if err == nil {
-		*m, err = parseMoney(s)
-	}
+// UnmarshalText reads the text MarshalText writes.
+func (m *Money) UnmarshalText(b []byte) (err error) {
+	*m, err = parseMoney(string(b))
 	return err
 }
 
@@ -89,18 +81,12 @@ func (m *moneyInput) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Scan reads a NUMERIC column, which the driver hands over as text.
-func (m *Money) Scan(src any) error {
-	s, ok := src.(string)
-	if !ok {
-		return fmt.Errorf("money: cannot scan %T", src)
-	}
-	v, err := parseMoney(s)
-	if err != nil {
-		return fmt.Errorf("money: %q: %w", s, err)
-	}
-	*m = v
-	return nil
+// Scan reads a NUMERIC column, which the driver hands over as text; any
+// other value fails to parse.
+func (m *Money) Scan(src any) (err error) {
+	s, _ := src.(string)
+	*m, err = parseMoney(s)
+	return err
 }
 
 // Value hands m to the driver as exact decimal text.

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -57,17 +57,19 @@ type channels struct {
 	rules  []notifyRule
 }
 
-// notifyRule sends orders whose item matches pattern ('*' matches any run of
-// characters) through channel.
+// notifyRule sends orders whose item matches through channel.
 type notifyRule struct {
-	pattern, channel string
+	item    *regexp.Regexp
+	channel string
 }
 
 // channelNone is the channel that sends nothing.
 const channelNone = "none"
 
+// newChannels returns a registry without channels whose rules send every
+// order by SMS.
 func newChannels() *channels {
-	return &channels{byName: map[string]channel{}, rules: []notifyRule{{"*", "sms"}}}
+	return &channels{byName: map[string]channel{}, rules: []notifyRule{{regexp.MustCompile(`.*`), "sms"}}}
 }
 
 // register makes sender the channel called name, reaching customers at the
@@ -88,18 +90,20 @@ func (cs *channels) setRules(spec string) error {
 	var rules []notifyRule
 	for part := range strings.SplitSeq(spec, ",") {
 		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
 		pattern, ch, ok := strings.Cut(part, "=")
 		pattern, ch = strings.TrimSpace(pattern), strings.TrimSpace(ch)
-		if !ok || pattern == "" {
+		// In a pattern '*' matches any run of characters and everything else
+		// matches itself; only a pattern that is not UTF-8 fails to compile.
+		item, err := regexp.Compile(`(?s)^` + strings.ReplaceAll(regexp.QuoteMeta(pattern), `\*`, `.*`) + `$`)
+		switch {
+		case part == "":
+			continue
+		case !ok || pattern == "" || err != nil:
 			return fmt.Errorf("NOTIFY_RULES: %q is not item=channel", part)
-		}
-		if !cs.known(ch) {
+		case !cs.known(ch):
 			return fmt.Errorf("NOTIFY_RULES: %q names channel %q; channels are %s", part, ch, strings.Join(cs.names(), ", "))
 		}
-		rules = append(rules, notifyRule{pattern, ch})
+		rules = append(rules, notifyRule{item, ch})
 	}
 	if len(rules) == 0 {
 		return fmt.Errorf("NOTIFY_RULES: no rules in %q", spec)
@@ -119,33 +123,11 @@ func (cs *channels) route(item, named string) (name, address string) {
 	name = named
 	if name == "" {
 		name = channelNone
-		for _, r := range cs.rules {
-			if glob(r.pattern, item) {
-				name = r.channel
-				break
-			}
+		if i := slices.IndexFunc(cs.rules, func(r notifyRule) bool { return r.item.MatchString(item) }); i >= 0 {
+			name = cs.rules[i].channel
 		}
 	}
 	return name, cs.byName[name].address
-}
-
-// glob reports whether s matches pattern, where '*' matches any run of
-// characters and everything else matches itself.
-func glob(pattern, s string) bool {
-	star, rest, wild := strings.Cut(pattern, "*")
-	if !wild {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, star) {
-		return false
-	}
-	s = s[len(star):]
-	for i := 0; i <= len(s); i++ {
-		if glob(rest, s[i:]) {
-			return true
-		}
-	}
-	return false
 }
 
 // logSender is the channel used when its provider is not configured: the
@@ -160,5 +142,5 @@ type logSender struct {
 func (l logSender) Send(ctx context.Context, n notice) (string, error) {
 	l.log.InfoContext(ctx, "notification written to the log (provider not configured)",
 		"channel", l.channel, "order_id", n.OrderID, "to", n.To, "message", l.render(n))
-	return "log-" + strconv.FormatInt(n.OrderID, 10), nil
+	return fmt.Sprint("log-", n.OrderID), nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -46,27 +45,29 @@ func checkCode(s string) string {
 // control characters, line and paragraph separators and bidirectional
 // overrides (which make text display as something else) are refused.
 func checkText(s string, max int) string {
-	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > max {
+	switch {
+	case !utf8.ValidString(s) || utf8.RuneCountInString(s) > max:
 		return "must be 1 to " + strconv.Itoa(max) + " characters"
-	}
-	visible := false
-	for _, r := range s {
-		switch {
-		case unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp) || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069':
-			return "must not contain control characters, line separators or bidirectional overrides"
-		case !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r):
-			visible = true
-		}
-	}
-	if !visible {
+	case strings.ContainsFunc(s, refusedInText):
+		return "must not contain control characters, line separators or bidirectional overrides"
+	case !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsSpace(r) && !unicode.Is(unicode.Cf, r) }):
+		// Format characters such as the zero-width joiners are allowed, but
+		// they are not visible.
 		return "must be 1 to " + strconv.Itoa(max) + " characters, not blank"
 	}
 	return ""
 }
 
+// refusedInText reports whether r is a control character, a line or
+// paragraph separator, or a bidirectional embedding, override or isolate
+// (U+202A–U+202E, U+2066–U+2069).
+func refusedInText(r rune) bool {
+	return unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp) || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
+}
+
 // checkCurrency accepts an ISO 4217 code: three capital letters.
 func checkCurrency(s string) string {
-	if len(s) != 3 || strings.IndexFunc(s, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+	if len(s) != 3 || strings.ContainsFunc(s, func(r rune) bool { return r < 'A' || r > 'Z' }) {
 		return "must be an ISO 4217 code such as KES"
 	}
 	return ""
@@ -96,21 +97,12 @@ func parseTime(s string) (time.Time, string) {
 
 // digitsOf returns the digits of a phone number, its identity.
 func digitsOf(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r >= '0' && r <= '9' {
-			return r
-		}
-		return -1
-	}, s)
+	return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r < '0' || r > '9' }), "")
 }
 
+// allDigits reports whether s is one or more ASCII digits.
 func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return s != ""
+	return s != "" && !strings.ContainsFunc(s, func(r rune) bool { return r < '0' || r > '9' })
 }
 
 // optional is a JSON field that can be absent, null, or a value: PATCH needs
@@ -121,12 +113,11 @@ type optional[T any] struct {
 	Value T
 }
 
+// UnmarshalJSON records that the field was given, and whether as null (which
+// leaves Value alone).
 func (o *optional[T]) UnmarshalJSON(b []byte) error {
 	o.Set = true
-	if bytes.Equal(b, []byte("null")) {
-		o.Null = true
-		return nil
-	}
+	o.Null = string(b) == "null"
 	return json.Unmarshal(b, &o.Value)
 }
 
