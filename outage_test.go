@@ -3,6 +3,7 @@ package main
 import (
 	"database/sql"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,14 +16,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// tcpProxy forwards connections to target until it is cut, which drops every
-// connection and refuses new ones, like a database restarting.
+// tcpProxy forwards connections to a target until it is cut, which drops
+// every connection and refuses new ones, like a database restarting.
 type tcpProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	cut    bool
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	cut   bool
 }
 
 func newTCPProxy(t *testing.T, target string) *tcpProxy {
@@ -30,7 +30,7 @@ func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{ln: ln, target: target}
+	p := &tcpProxy{ln: ln}
 	t.Cleanup(func() { ln.Close(); p.setCut(true) })
 	go func() {
 		for {
@@ -39,13 +39,11 @@ func newTCPProxy(t *testing.T, target string) *tcpProxy {
 				return
 			}
 			p.mu.Lock()
-			if p.cut {
-				p.mu.Unlock()
-				c.Close()
-				continue
+			var up net.Conn
+			if !p.cut {
+				up, _ = net.Dial("tcp", target)
 			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
+			if up == nil { // cut, or the target refused
 				p.mu.Unlock()
 				c.Close()
 				continue
@@ -59,45 +57,103 @@ func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	return p
 }
 
+// setCut drops every connection and refuses new ones, or restores the proxy.
 func (p *tcpProxy) setCut(cut bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = cut
-	if cut {
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.conns = nil
+	for _, c := range p.conns {
+		c.Close()
 	}
+	p.conns = nil
 }
 
-// proxiedURL returns dbURL with its host replaced by the proxy's address.
-func (p *tcpProxy) proxiedURL(t *testing.T, dbURL string) string {
+// proxiedDB opens a pool to dbURL through a proxy that can cut it off.
+func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Host = p.ln.Addr().String()
-	return u.String()
+	proxy := newTCPProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	db, err := sql.Open("pgx", u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return proxy, db
 }
 
-// An outcome the worker knows is recorded through a database outage longer
-// than its lease rather than dropped, and the worker does not claim the row
-// again meanwhile: either would send the message twice.
-func TestOutboxRecordsThroughDatabaseOutage(t *testing.T) {
+// A live worker's heartbeat keeps a send that outlasts the lease its own:
+// another worker never sends the row meanwhile. A worker that cannot renew
+// the lease (the database cut off from it) cancels the send before the lease
+// ends, when the other worker may claim and deliver the row.
+func TestOutboxHeartbeatHoldsTheLease(t *testing.T) {
 	ta := newTestApp(t, nil)
 	proxy, db := proxiedDB(t, ta.cfg.databaseURL)
-	sms := &recordingSender{fail: func(notice, int) error {
-		// Accepted, and then the database goes away for over two leases.
-		proxy.setCut(true)
-		time.AfterFunc(700*time.Millisecond, func() { proxy.setCut(false) })
+	slow := &slowSender{d: time.Minute, started: make(chan int64, 1)}
+	w := ta.otherWorker(slow)
+	w.db, w.lease, w.heartbeat = db, time.Second, 200*time.Millisecond
+	ta.startWorker(w, 100*time.Millisecond)
+	c := ta.createCustomer("C-1", "+254712345678", nil)
+	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})
+	<-slow.started
+	rival := &recordingSender{}
+	ta.startWorker(ta.otherWorker(rival), time.Second)
+	time.Sleep(2500 * time.Millisecond) // over two leases
+	if n := ta.outbox(o.ID); n.attempts != 1 || slow.cancelled.Load() != 0 || len(rival.notices()) != 0 {
+		t.Fatalf("while renewed: got %d attempts, %d sends cancelled, %d rival sends; want 1, 0, 0", n.attempts, slow.cancelled.Load(), len(rival.notices()))
+	}
+	proxy.setCut(true)
+	cut := time.Now()
+	eventually(t, 5*time.Second, "the send cancelled", func() bool { return slow.cancelled.Load() == 1 })
+	if took := time.Since(cut); took > w.lease {
+		t.Errorf("cancelled %v after renewals began failing, want within the %v lease", took, w.lease)
+	}
+	if n := ta.settled(o.ID); n.status != "sent" || n.attempts != 2 || len(rival.notices()) != 1 {
+		t.Errorf("row: got %s after %d attempts, %d rival sends; want sent by the rival at attempt 2", n.status, n.attempts, len(rival.notices()))
+	}
+}
+
+// While the database is unreachable, requests answer 503 with Retry-After,
+// which clients may retry, and /readyz says so too. An outcome the worker
+// knows is recorded through the outage, longer than its lease, rather than
+// dropped, and the worker does not claim the row again meanwhile: either
+// would send the message twice.
+func TestDatabaseOutage(t *testing.T) {
+	ta := newTestApp(t, nil)
+	proxy, db := proxiedDB(t, ta.cfg.databaseURL)
+	apiProxy, apiDB := proxiedDB(t, ta.cfg.databaseURL)
+	cutOff := make(chan struct{})
+	sms := &recordingSender{fail: func(_ notice, attempt int) error {
+		if attempt == 1 {
+			proxy.setCut(true) // the message is accepted, and then the database goes away
+			apiProxy.setCut(true)
+			close(cutOff)
+		}
 		return nil
 	}}
 	w := ta.otherWorker(sms)
-	w.db, w.lease, w.heartbeat, w.poll = db, 300*time.Millisecond, 100*time.Millisecond, 20*time.Millisecond
+	w.db, w.lease, w.heartbeat = db, 300*time.Millisecond, 100*time.Millisecond
 	ta.startWorker(w, time.Second)
 	c := ta.createCustomer("C-1", "+254712345678", nil)
 	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})
+	<-cutOff
+	orig := ta.store.db
+	t.Cleanup(func() { orig.Close() })
+	ta.store.db = apiDB
+	for i, r := range []response{ta.do("GET", "/v1/customers", nil), ta.do("POST", "/v1/orders", map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})} {
+		p := r.must(t, http.StatusServiceUnavailable).problem(t)
+		if r.header.Get("Retry-After") == "" || !strings.Contains(p.Detail, r.header.Get("X-Request-Id")) {
+			t.Errorf("request %d: Retry-After %q, detail %q; want a Retry-After and the request id", i, r.header.Get("Retry-After"), p.Detail)
+		}
+	}
+	ta.do("GET", "/readyz", nil).must(t, http.StatusServiceUnavailable)
+	time.Sleep(700 * time.Millisecond) // over two leases
+	proxy.setCut(false)
+	apiProxy.setCut(false)
+	ta.do("GET", "/v1/customers", nil).must(t, http.StatusOK)
+	ta.do("GET", "/readyz", nil).must(t, http.StatusOK)
 	if n := ta.settled(o.ID); n.status != "sent" || n.attempts != 1 || sms.attempts(o.ID) != 1 {
 		t.Errorf("after the outage: got %s after %d attempts, %d sends; want sent after 1, and 1 send", n.status, n.attempts, sms.attempts(o.ID))
 	}
@@ -106,72 +162,8 @@ func TestOutboxRecordsThroughDatabaseOutage(t *testing.T) {
 	}
 }
 
-// A worker that cannot renew the lease of a send under way cancels the send
-// before the lease ends, when another worker may claim the row.
-func TestOutboxCancelsASendWhoseLeaseCannotBeRenewed(t *testing.T) {
-	ta := newTestApp(t, nil)
-	c := ta.createCustomer("C-1", "+254712345678", nil)
-	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "1"})
-	proxy, db := proxiedDB(t, ta.cfg.databaseURL)
-	slow := &slowSender{d: time.Minute, started: make(chan int64, 1)}
-	w := newWorker(db, ta.server.channels, ta.app.log)
-	w.channels = ta.otherWorker(slow).channels
-	w.lease, w.heartbeat = time.Second, 200*time.Millisecond
-	ta.startWorker(w, 100*time.Millisecond)
-	<-slow.started
-	proxy.setCut(true)
-	cut := time.Now()
-	eventually(t, 5*time.Second, "the send cancelled", func() bool { return slow.cancelled.Load() == 1 })
-	if took := time.Since(cut); took > w.lease {
-		t.Errorf("cancelled %v after renewals began failing, want within the %v lease", took, w.lease)
-	}
-	proxy.setCut(false)
-	if n := ta.outbox(o.ID); n.status != "pending" {
-		t.Errorf("row: got %s, want pending for another attempt", n.status)
-	}
-}
-
-// proxiedDB opens a pool to dbURL through a proxy that can cut it off.
-func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
-	u, _ := url.Parse(dbURL)
-	proxy := newTCPProxy(t, u.Host)
-	db, err := sql.Open("pgx", proxy.proxiedURL(t, dbURL))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return proxy, db
-}
-
-// While the database is unreachable, requests answer 503 with Retry-After,
-// which clients may retry, and /readyz says so too.
-func TestAPIDatabaseUnavailable(t *testing.T) {
-	ta := newTestApp(t, nil)
-	proxy, db := proxiedDB(t, ta.cfg.databaseURL)
-	orig := ta.store.db
-	t.Cleanup(func() { orig.Close() })
-	ta.store.db = db
-	ta.do("GET", "/v1/customers", nil).must(t, http.StatusOK)
-	proxy.setCut(true)
-	for _, req := range []struct{ method, path string }{{"GET", "/v1/customers"}, {"POST", "/v1/orders"}} {
-		var body any
-		if req.method == "POST" {
-			body = map[string]any{"customer_id": 1, "item": "kit", "amount": "1"}
-		}
-		r := ta.do(req.method, req.path, body).must(t, http.StatusServiceUnavailable)
-		p := r.problem(t)
-		if r.header.Get("Retry-After") == "" || !strings.Contains(p.Detail, r.header.Get("X-Request-Id")) {
-			t.Errorf("%s %s: Retry-After %q, detail %q", req.method, req.path, r.header.Get("Retry-After"), p.Detail)
-		}
-	}
-	ta.do("GET", "/readyz", nil).must(t, http.StatusServiceUnavailable)
-	proxy.setCut(false)
-	ta.do("GET", "/v1/customers", nil).must(t, http.StatusOK)
-	ta.do("GET", "/readyz", nil).must(t, http.StatusOK)
-}
-
 func TestDatabaseUnavailableClassification(t *testing.T) {
-	cases := []struct {
+	for _, tc := range []struct {
 		err  error
 		want bool
 	}{
@@ -180,9 +172,9 @@ func TestDatabaseUnavailableClassification(t *testing.T) {
 		{&pgconn.PgError{Code: "23505"}, false},
 		{&net.OpError{Op: "dial", Err: errors.New("refused")}, true},
 		{errors.New("sql: database is closed"), false},
+		{fmt.Errorf("reading the reply: %w", io.ErrUnexpectedEOF), true},
 		{errNotFound, false},
-	}
-	for _, tc := range cases {
+	} {
 		if got := databaseUnavailable(tc.err); got != tc.want {
 			t.Errorf("%v: got %v, want %v", tc.err, got, tc.want)
 		}

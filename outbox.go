@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,7 +35,6 @@ type worker struct {
 	poll         time.Duration // how often to look for rows committed by other replicas
 	lease        time.Duration // how long a claim lasts unless renewed
 	heartbeat    time.Duration // how often the leases of rows in flight are renewed
-	sendTimeout  time.Duration
 	concurrency  int
 	maxAttempts  int // for failures that prove the message was not delivered
 	maxUncertain int // for failures after which it may have been: fewer, as each retry may duplicate it
@@ -42,13 +42,19 @@ type worker struct {
 
 	wakeup chan struct{}
 
-	mu       sync.Mutex
-	inFlight map[int64]*claimed // by notification id: claimed, and the outcome not yet recorded
+	// inFlight holds, by notification id, the rows taken off whose outcomes
+	// are not yet recorded; only run's goroutine uses it. flights holds its
+	// rows as a []*claimed for the heartbeat, replaced at each change.
+	inFlight map[int64]*claimed
+	flights  atomic.Value
 }
 
 // maxConcurrentSends bounds the sends under way in one process; providers'
 // HTTP clients keep as many idle connections, so that sends reuse them.
 const maxConcurrentSends = 64
+
+// sendTimeout bounds one send, however often its lease is renewed.
+const sendTimeout = 30 * time.Second
 
 func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 	return &worker{
@@ -58,7 +64,6 @@ func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 		poll:         500 * time.Millisecond,
 		lease:        6 * time.Second,
 		heartbeat:    2 * time.Second,
-		sendTimeout:  30 * time.Second,
 		concurrency:  maxConcurrentSends,
 		maxAttempts:  20,
 		maxUncertain: 10,
@@ -92,9 +97,11 @@ type claimed struct {
 	attempts int
 	channel  string
 	notice   notice
-	leaseEnd time.Time          // by this process's clock, no later than the lease the database holds
-	cancel   context.CancelFunc // stops the send
-	expiry   *time.Timer        // cancels the send a quarter lease before the lease ends, unless it is renewed
+	leaseEnd time.Time // of the claim, by this process's clock: no later than the lease the database holds
+	// expiry ends the send's context when it fires: a quarter lease before
+	// the lease ends, each renewal moving it, or at once when the outcome is
+	// recorded. Firing again changes nothing.
+	expiry *time.Timer
 
 	status     string // sent, failed, or pending for a retry after retryIn
 	providerID string
@@ -103,70 +110,57 @@ type claimed struct {
 }
 
 // run delivers until ctx ends, then waits up to drain for sends under way and
-// records their outcomes before returning.
+// records their outcomes before returning. Outcomes are recorded here, each
+// write taking every outcome already waiting, so that under load one
+// statement records many sends; a send's slot is freed once its outcome is
+// recorded, so that no more than concurrency sends are ever accepted but
+// unrecorded (the messages a crash could send twice).
 func (w *worker) run(ctx context.Context, drain time.Duration) {
 	// Sends and their bookkeeping outlive ctx by up to drain, so that a
 	// shutdown finishes what it started instead of leaving leases to expire.
+	// The drain counts from the end of ctx even while this loop is recording
+	// through an outage.
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
-	slots := make(chan struct{}, w.concurrency) // one per send not yet recorded
-	outcomes := make(chan *claimed, w.concurrency)
-	var recording, renewing sync.WaitGroup
-	recording.Go(func() { w.record(sendCtx, outcomes, slots) })
+	context.AfterFunc(ctx, func() { time.AfterFunc(drain, cancelSends) })
+	var renewing sync.WaitGroup
 	renewing.Go(func() { w.renewLeases(sendCtx) })
-	defer func() {
-		drained := make(chan struct{})
-		go func() {
-			for range w.concurrency {
-				slots <- struct{}{}
-			}
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(drain):
-			w.log.Warn("shutdown: sends still under way were cancelled; they will be retried after their lease")
-			cancelSends()
-			<-drained
-		}
-		close(outcomes)
-		recording.Wait()
-		cancelSends()
-		renewing.Wait()
-	}()
+	outcomes := make(chan *claimed, w.concurrency)
 	w.purgeIdempotencyKeys(ctx)
 	// Keys are purged at start and hourly, so that replicas restarted more
 	// often than hourly still purge.
-	housekeeping := time.NewTicker(time.Hour)
-	defer housekeeping.Stop()
-	poll := time.NewTimer(0)
-	defer poll.Stop()
-	for {
-		free := w.concurrency - len(slots)
-		rows, err := w.claim(ctx, free)
+	housekeeping, poll := time.Tick(time.Hour), time.Tick(w.poll)
+	for ctx.Err() == nil {
+		// A slot is taken until the outcome is recorded, which happens in
+		// this loop: a claim that fills every slot is the last until then.
+		rows, err := w.claim(ctx, w.concurrency-len(w.inFlight))
 		if err != nil && ctx.Err() == nil {
 			w.log.Error("outbox: claim failed", "error", err)
 		}
 		for _, c := range rows {
-			slots <- struct{}{}
 			ctx := w.takeOff(sendCtx, c)
 			go func() {
 				w.send(ctx, c)
 				outcomes <- c
 			}()
 		}
-		if len(rows) == free && free > 0 {
-			continue // there may be more due rows
-		}
-		poll.Reset(w.poll)
 		select {
 		case <-ctx.Done():
-			return
+		case o := <-outcomes:
+			w.record(sendCtx, o, outcomes)
 		case <-w.wakeup:
-		case <-poll.C:
-		case <-housekeeping.C:
+		case <-poll:
+		case <-housekeeping:
 			w.purgeIdempotencyKeys(ctx)
 		}
 	}
+	for len(w.inFlight) > 0 {
+		w.record(sendCtx, <-outcomes, outcomes)
+	}
+	if sendCtx.Err() != nil {
+		w.log.Warn("shutdown: the drain ended with sends under way or outcomes unrecorded; their rows will be retried after their lease")
+	}
+	cancelSends()
+	renewing.Wait()
 }
 
 // claim leases up to n due rows, with what their senders need to render the
@@ -178,9 +172,7 @@ func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	w.mu.Lock()
 	inFlight := slices.AppendSeq(make([]int64, 0, len(w.inFlight)), maps.Keys(w.inFlight)) // never nil, which SQL would read as NULL
-	w.mu.Unlock()
 	leaseEnd := time.Now().Add(w.lease)
 	rows, err := w.db.QueryContext(ctx, `
 		UPDATE notifications n
@@ -188,8 +180,7 @@ func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 		FROM (
 			SELECT id FROM notifications
 			WHERE status = 'pending' AND next_attempt_at <= now() AND id <> ALL($3)
-			ORDER BY next_attempt_at
-			LIMIT $1
+			ORDER BY next_attempt_at LIMIT $1
 			FOR UPDATE SKIP LOCKED
 		) due, orders o, customers c
 		WHERE n.id = due.id AND o.id = n.order_id AND c.id = o.customer_id
@@ -209,31 +200,23 @@ func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 // unless a renewal moved it: another worker may claim the row then, and must
 // not find this one still sending it.
 func (w *worker) takeOff(sendCtx context.Context, c *claimed) context.Context {
-	ctx, cancel := context.WithCancel(sendCtx)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	c.cancel = cancel
-	c.expiry = time.AfterFunc(time.Until(c.leaseEnd)-w.lease/4, func() {
-		w.log.Error("outbox: the lease could not be renewed; the send is cancelled before it ends", "notification_id", c.id)
-		cancel()
-	})
+	ctx, cancel := context.WithTimeout(sendCtx, sendTimeout)
+	c.expiry = time.AfterFunc(time.Until(c.leaseEnd)-w.lease/4, cancel)
 	w.inFlight[c.id] = c
+	w.flights.Store(slices.Collect(maps.Values(w.inFlight)))
 	return ctx
 }
 
 // renewLeases extends, every heartbeat, the leases of the rows in flight.
 func (w *worker) renewLeases(ctx context.Context) {
-	tick := time.NewTicker(w.heartbeat)
-	defer tick.Stop()
+	tick := time.Tick(w.heartbeat)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-tick:
 		}
-		w.mu.Lock()
-		flights := slices.Collect(maps.Values(w.inFlight))
-		w.mu.Unlock()
+		flights, _ := w.flights.Load().([]*claimed)
 		ids, attempts := make([]int64, len(flights)), make([]int64, len(flights))
 		for i, c := range flights {
 			ids[i], attempts[i] = c.id, int64(c.attempts)
@@ -243,23 +226,15 @@ func (w *worker) renewLeases(ctx context.Context) {
 		_, err := w.db.ExecContext(renewCtx, `
 			UPDATE notifications n SET next_attempt_at = now() + make_interval(secs => $3)
 			FROM unnest($1::bigint[], $2::int[]) AS f (id, attempts)
-			WHERE n.id = f.id AND n.attempts = f.attempts AND n.status = 'pending'`,
-			ids, attempts, w.lease.Seconds())
+			WHERE n.id = f.id AND n.attempts = f.attempts AND n.status = 'pending'`, ids, attempts, w.lease.Seconds())
 		cancel()
 		if err != nil {
-			w.log.Warn("outbox: renewing leases failed", "error", err, "rows", len(ids))
+			w.log.Warn("outbox: renewing leases failed; sends are cancelled a quarter lease before their lease ends", "error", err, "rows", len(ids))
 			continue
 		}
-		w.mu.Lock()
 		for _, c := range flights {
-			// A row recorded meanwhile has left the flight; one whose timer
-			// fired has had its send cancelled already.
-			if w.inFlight[c.id] == c && c.expiry.Stop() {
-				c.expiry.Reset(time.Until(leaseEnd) - w.lease/4)
-				c.leaseEnd = leaseEnd
-			}
+			c.expiry.Reset(time.Until(leaseEnd) - w.lease/4)
 		}
-		w.mu.Unlock()
 	}
 }
 
@@ -270,9 +245,7 @@ func (w *worker) renewLeases(ctx context.Context) {
 func (w *worker) send(ctx context.Context, c *claimed) {
 	c.status = "sent"
 	if ch, ok := w.channels.byName[c.channel]; ok {
-		ctx, cancel := context.WithTimeout(ctx, w.sendTimeout)
 		c.providerID, c.err = ch.sender.Send(ctx, c.notice)
-		cancel()
 	} else {
 		c.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
 	}
@@ -293,41 +266,24 @@ func (w *worker) send(ctx context.Context, c *claimed) {
 	}
 }
 
-// record writes outcomes as they come, each write taking every outcome
-// already waiting, so that under load one statement records many sends.
-// A send's slot is freed once its outcome is recorded, so that no more than
-// concurrency sends are ever accepted but unrecorded (the messages a crash
-// could send twice).
-func (w *worker) record(ctx context.Context, outcomes <-chan *claimed, slots <-chan struct{}) {
-	for o := range outcomes {
-		batch := []*claimed{o}
-		for len(batch) < 256 && len(outcomes) > 0 {
-			batch = append(batch, <-outcomes)
-		}
-		w.recordBatch(ctx, batch)
-		w.mu.Lock()
-		for _, o := range batch {
-			if o.cancel != nil {
-				o.expiry.Stop()
-				o.cancel()
-			}
-			delete(w.inFlight, o.id)
-			<-slots
-		}
-		w.mu.Unlock()
-		w.wake() // slots are free for due rows
+// record stores the outcome o with every outcome already waiting behind it.
+func (w *worker) record(ctx context.Context, o *claimed, outcomes <-chan *claimed) {
+	batch := []*claimed{o}
+	for len(outcomes) > 0 {
+		batch = append(batch, <-outcomes)
 	}
+	w.recordBatch(ctx, batch)
 }
 
-// recordBatch stores outcomes in one statement. An outcome applies only if
-// the row still carries the attempt it was claimed with: when a lease ran out
-// mid-send and another worker claimed the row, that worker's outcome counts.
-// Recording happens even while shutting down: losing an outcome would resend
-// a message that was delivered.
+// recordBatch stores the outcomes of rows in flight in one statement, then
+// takes the rows out of flight. An outcome applies only if the row still
+// carries the attempt it was claimed with: when a lease ran out mid-send and
+// another worker claimed the row, that worker's outcome counts. Recording
+// happens even while shutting down: losing an outcome would resend a message
+// that was delivered.
 func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
-	n := len(batch)
-	ids, attempts, retryIn := make([]int64, n), make([]int64, n), make([]float64, n)
-	statuses, providerIDs, lastErrors := make([]string, n), make([]string, n), make([]string, n)
+	ids, attempts, retryIn := make([]int64, len(batch)), make([]int64, len(batch)), make([]float64, len(batch))
+	statuses, providerIDs, lastErrors := make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
 	for i, o := range batch {
 		ids[i], attempts[i], statuses[i], providerIDs[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.providerID, o.retryIn.Seconds()
 		if o.err != nil {
@@ -357,23 +313,22 @@ func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
 		applied, err = collect(rows, err, func(row scanner) (id int64, err error) { return id, row.Scan(&id) })
 		return err
 	}, func(err error, wait time.Duration) {
-		w.log.Warn("outbox: recording outcomes failed; retrying", "error", err, "outcomes", n, "retry_in", wait.String())
+		w.log.Warn("outbox: recording outcomes failed; retrying", "error", err, "outcomes", len(batch), "retry_in", wait.String())
 	})
 	for _, o := range batch {
+		o.expiry.Reset(0)
+		delete(w.inFlight, o.id)
 		level, msg := slog.LevelInfo, "notification "+o.status
-		attrs := []any{"notification_id", o.id, "order_id", o.notice.OrderID, "channel", o.channel, "attempt", o.attempts, "provider_id", o.providerID}
-		if o.err != nil {
-			level, attrs = slog.LevelWarn, append(attrs, "error", o.err.Error(), "retry_in", o.retryIn.String())
-		}
-		switch {
-		case err != nil:
-			level, msg, attrs = slog.LevelError, msg+"; recording it failed, so the row falls due again after its lease", append(attrs, "record_error", err.Error())
-		case !slices.Contains(applied, o.id):
+		if err != nil {
+			level, msg = slog.LevelError, msg+"; recording it failed, so the row falls due again after its lease"
+		} else if !slices.Contains(applied, o.id) {
 			// If both workers sent, this is the one duplicate the design allows.
 			level, msg = slog.LevelWarn, msg+", but the lease had passed to another worker; outcome discarded"
 		}
-		w.log.Log(ctx, level, msg, attrs...)
+		w.log.Log(ctx, level, msg, "notification_id", o.id, "order_id", o.notice.OrderID, "channel", o.channel, "attempt", o.attempts,
+			"provider_id", o.providerID, "error", o.err, "retry_in", o.retryIn.String(), "record_error", err)
 	}
+	w.flights.Store(slices.Collect(maps.Values(w.inFlight)))
 }
 
 // purgeIdempotencyKeys forgets keys older than 48 hours; the contract
@@ -385,19 +340,15 @@ func (w *worker) purgeIdempotencyKeys(ctx context.Context) {
 }
 
 // report applies a delivery report to the SMS it describes, if it was sent
-// and has no final report yet; a report of an unknown message changes
-// nothing.
+// and has no final report yet; an interim report, or one of an unknown
+// message, changes nothing.
 func (w *worker) report(ctx context.Context, r deliveryReport) error {
-	if r.status == "" {
-		return nil
-	}
 	_, err := w.db.ExecContext(ctx, `
 		UPDATE notifications SET
 			status = $2,
 			delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,
 			last_error = CASE WHEN $2 = 'undelivered' THEN $3 ELSE last_error END
-		WHERE provider_message_id = $1 AND channel = 'sms' AND status = 'sent'`,
-		r.providerID, r.status, r.reason)
+		WHERE provider_message_id = $1 AND channel = 'sms' AND status = 'sent' AND $2 <> ''`, r.providerID, r.status, r.reason)
 	return err
 }
 

@@ -13,10 +13,12 @@ import (
 
 // Each kind of failure ends as the contract says: retried with backoff until
 // it succeeds, failed at once when permanent, given up after the last
-// attempt, and given up sooner when the provider may have accepted it.
+// attempt, given up sooner when the provider may have accepted it, and not
+// retried before the time the provider named.
 func TestOutboxOutcomes(t *testing.T) {
 	retryable := &SendError{Reason: "africastalking: HTTP 503: try again", Err: errors.New("503")}
 	uncertain := &SendError{Uncertain: true, Reason: "africastalking: no answer after the request was sent"}
+	quiet := time.Now().Add(time.Hour).Truncate(time.Second)
 	cases := []struct {
 		name      string
 		fail      func(attempt int) error
@@ -31,6 +33,7 @@ func TestOutboxOutcomes(t *testing.T) {
 		{"uncertain failures given up sooner", func(int) error { return uncertain }, "failed", 2, uncertain.Reason + "; not retried again, as the provider may have accepted it", 0},
 		{"an uncertain failure retried once", func(a int) error { return map[bool]error{true: uncertain}[a == 1] }, "sent", 2, "", 1},
 		{"an error of another type is retried", func(a int) error { return map[bool]error{true: errors.New("boom")}[a == 1] }, "sent", 2, "", 1},
+		{"not retried before the time the provider named", func(int) error { return &SendError{RetryAt: quiet, Reason: "DoNotDisturbRejection"} }, "pending", 1, "DoNotDisturbRejection", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,14 +45,19 @@ func TestOutboxOutcomes(t *testing.T) {
 			ta.startWorker(nil, time.Second)
 			c := ta.createCustomer("CUST-1", "+254712345678", nil)
 			o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
-			n := ta.settled(o.ID)
+			eventually(t, 10*time.Second, "the notification settled or put off", func() bool {
+				return ta.count("notifications", "status <> 'pending' OR next_attempt_at > now() + interval '1 minute'") == 1
+			})
 			time.Sleep(100 * time.Millisecond) // ample time for a wrong retry: polls every 20 ms, backoff 10 ms
-			n = ta.outbox(o.ID)
+			n := ta.outbox(o.ID)
 			if n.status != tc.status || n.attempts != tc.attempts || n.lastError.String != tc.lastError || n.sentAt.Valid != (tc.status == "sent") {
 				t.Errorf("row: got %s, %d attempts, last_error %q, sent_at %v; want %s, %d, %q", n.status, n.attempts, n.lastError.String, n.sentAt.Valid, tc.status, tc.attempts, tc.lastError)
 			}
 			if tc.status == "sent" && n.providerID.String != fmt.Sprint("rec-", o.ID) {
 				t.Errorf("provider_message_id: got %v, want rec-%d", n.providerID, o.ID)
+			}
+			if tc.status == "pending" && n.nextAttempt.Before(quiet.Add(-time.Second)) {
+				t.Errorf("next attempt: got %v, want not before %v", n.nextAttempt, quiet)
 			}
 			if got := sms.attempts(o.ID); got != tc.attempts {
 				t.Errorf("send attempts: got %d, want %d", got, tc.attempts)
@@ -63,21 +71,6 @@ func TestOutboxOutcomes(t *testing.T) {
 			}
 		})
 	}
-
-	t.Run("not retried before the time the provider named", func(t *testing.T) {
-		ta := newTestApp(t, nil)
-		ta.fast()
-		quiet := time.Now().Add(time.Hour).Truncate(time.Second)
-		ta.senders["sms"].fail = func(notice, int) error { return &SendError{RetryAt: quiet, Reason: "DoNotDisturbRejection"} }
-		ta.startWorker(nil, time.Second)
-		c := ta.createCustomer("CUST-1", "+254712345678", nil)
-		o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
-		eventually(t, 5*time.Second, "the first attempt recorded", func() bool { return ta.outbox(o.ID).lastError.Valid })
-		time.Sleep(100 * time.Millisecond)
-		if n := ta.outbox(o.ID); n.status != "pending" || n.attempts != 1 || n.nextAttempt.Before(quiet.Add(-time.Second)) {
-			t.Errorf("row: got %s, %d attempts, next at %v; want pending, 1, not before %v", n.status, n.attempts, n.nextAttempt, quiet)
-		}
-	})
 }
 
 // Two workers on one outbox (two replicas) deliver every notification once.
@@ -92,17 +85,13 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 	// Few slots each, so that neither worker can take the whole outbox in
 	// one claim and both keep competing for rows until the end.
 	for _, w := range []*worker{ta.worker, other} {
-		w.concurrency = 8
-		w.poll = 5 * time.Millisecond
+		w.concurrency, w.poll = 8, 5*time.Millisecond
 	}
 	ta.startWorker(nil, 5*time.Second)
 	ta.startWorker(other, 5*time.Second)
-
 	ta.createCustomer("CUST-1", "+254712345678", nil)
 	ids := ta.importOrders("CUST-1", orders, true)
-	eventually(t, 30*time.Second, fmt.Sprintf("all %d notifications sent", orders), func() bool {
-		return ta.count("notifications", "status = 'sent'") == orders
-	})
+	eventually(t, 30*time.Second, "all notifications sent", func() bool { return ta.count("notifications", "status = 'sent'") == orders })
 	time.Sleep(100 * time.Millisecond) // late duplicates would come from a row claimed twice
 	counts := perOrder(first, second)
 	for _, id := range ids {
@@ -113,8 +102,7 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 	if len(counts) != orders || ta.count("notifications", "status <> 'sent' OR attempts <> 1") != 0 {
 		t.Errorf("orders delivered on the first attempt: got %d of %d", len(counts), orders)
 	}
-	a, b := len(first.notices()), len(second.notices())
-	if a == 0 || b == 0 {
+	if a, b := len(first.notices()), len(second.notices()); a == 0 || b == 0 {
 		t.Errorf("deliveries per worker: got %d and %d, want both workers to take part (else the test shows nothing)", a, b)
 	}
 }
@@ -153,9 +141,7 @@ func TestOutboxRescuesADeadWorkersRows(t *testing.T) {
 	if got := ta.senders["sms"].notices(); len(got) != 0 {
 		t.Fatalf("before the lease ended: got %d messages sent, want 0 (the rows are leased)", len(got))
 	}
-	eventually(t, 5*time.Second, "abandoned rows delivered after the lease", func() bool {
-		return ta.count("notifications", "status = 'sent'") == len(ids)
-	})
+	eventually(t, 5*time.Second, "abandoned rows delivered", func() bool { return ta.count("notifications", "status = 'sent'") == len(ids) })
 	if elapsed := time.Since(claimedAt); elapsed < 900*time.Millisecond {
 		t.Errorf("delivered %v after the claim, want no sooner than the 1s lease", elapsed)
 	}
@@ -166,52 +152,12 @@ func TestOutboxRescuesADeadWorkersRows(t *testing.T) {
 	}
 }
 
-// A worker whose lease on a row lapsed while it still held the outcome (it
-// could not record it) does not claim the row again itself.
-func TestOutboxLeavesItsOwnRowsInFlightAlone(t *testing.T) {
-	ta := newTestApp(t, nil)
-	c := ta.createCustomer("CUST-1", "+254712345678", nil)
-	ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
-	w := ta.otherWorker(&recordingSender{})
-	rows, err := w.claim(t.Context(), 10)
-	if err != nil || len(rows) != 1 {
-		t.Fatalf("claim: got %d rows, %v; want 1", len(rows), err)
-	}
-	w.takeOff(t.Context(), rows[0])
-	ta.store.db.Exec(`UPDATE notifications SET next_attempt_at = now()`) // the lease lapsed
-	if again, err := w.claim(t.Context(), 10); err != nil || len(again) != 0 {
-		t.Errorf("claim of a row in flight: got %d rows, %v; want none", len(again), err)
-	}
-	if other, err := ta.otherWorker(&recordingSender{}).claim(t.Context(), 10); err != nil || len(other) != 1 {
-		t.Errorf("another worker's claim: got %d rows, %v; want the row", len(other), err)
-	}
-}
-
-// A live worker's heartbeat keeps a send that outlasts the lease its own:
-// another worker never sends the row meanwhile.
-func TestOutboxHeartbeatKeepsALongSend(t *testing.T) {
-	ta := newTestApp(t, nil)
-	ta.worker.lease, ta.worker.heartbeat = 300*time.Millisecond, 100*time.Millisecond
-	ta.senders["sms"].fail = func(notice, int) error { time.Sleep(1200 * time.Millisecond); return nil }
-	rival := &recordingSender{}
-	ta.startWorker(nil, 5*time.Second)
-	ta.startWorker(ta.otherWorker(rival), time.Second)
-	c := ta.createCustomer("CUST-1", "+254712345678", nil)
-	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
-	if n := ta.settled(o.ID); n.status != "sent" || n.attempts != 1 {
-		t.Errorf("row: got %s after %d attempts, want sent after 1", n.status, n.attempts)
-	}
-	if got := len(rival.notices()); got != 0 {
-		t.Errorf("the rival worker sent %d messages, want 0", got)
-	}
-}
-
 // slowSender takes d per message, or gives up with a retryable error when
-// ctx ends first; it counts sends started, finished and cancelled.
+// ctx ends first; it counts the sends cancelled.
 type slowSender struct {
-	d                   time.Duration
-	started             chan int64
-	finished, cancelled atomic.Int64
+	d         time.Duration
+	started   chan int64
+	cancelled atomic.Int64
 }
 
 func (s *slowSender) Send(ctx context.Context, n notice) (string, error) {
@@ -220,7 +166,6 @@ func (s *slowSender) Send(ctx context.Context, n notice) (string, error) {
 	}
 	select {
 	case <-time.After(s.d):
-		s.finished.Add(1)
 		return fmt.Sprint("slow-", n.OrderID), nil
 	case <-ctx.Done():
 		s.cancelled.Add(1)
@@ -228,6 +173,7 @@ func (s *slowSender) Send(ctx context.Context, n notice) (string, error) {
 	}
 }
 
+// Placing an order never waits for a sender, even one that is still sending.
 // On shutdown the worker finishes the sends under way within the drain,
 // recording them, and cancels the rest, which the next worker delivers.
 func TestOutboxShutdownDrains(t *testing.T) {
@@ -243,27 +189,25 @@ func TestOutboxShutdownDrains(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ta := newTestApp(t, nil)
-			ta.createCustomer("CUST-1", "+254712345678", nil)
-			ids := ta.importOrders("CUST-1", 3, true)
+			ids := make([]int64, 3)
 			slow := &slowSender{d: tc.sendTime, started: make(chan int64, len(ids))}
 			w := ta.otherWorker(slow)
 			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); w.run(ctx, tc.drain) }()
-			for range ids {
-				select {
-				case <-slow.started:
-				case <-time.After(5 * time.Second):
-					t.Fatal("the sends did not start")
+			returned := make(chan struct{}, 1)
+			go func() { w.run(ctx, tc.drain); returned <- struct{}{} }()
+			c := ta.createCustomer("CUST-1", "+254712345678", nil)
+			for i := range ids {
+				start := time.Now()
+				ids[i] = ta.place(map[string]any{"customer_id": c.ID, "item": fmt.Sprint("kit-", i), "amount": "10.00"}).ID
+				if took := time.Since(start); took > time.Second {
+					t.Errorf("order %d: POST took %v with a send under way, want under 1s", i, took)
 				}
+				// Later orders are placed while a send is provably under way.
+				eventually(t, 5*time.Second, "the send started", func() bool { return len(slow.started) == i+1 })
 			}
 			cancel()
 			cancelled := time.Now()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				t.Fatal("run: still running 5s after cancellation")
-			}
+			eventually(t, 5*time.Second, "run returned after cancellation", func() bool { return len(returned) == 1 })
 			if took := time.Since(cancelled); tc.status == "pending" && took >= tc.sendTime {
 				t.Errorf("run returned %v after cancellation, want about the drain, less than the send", took)
 			}
@@ -280,43 +224,18 @@ func TestOutboxShutdownDrains(t *testing.T) {
 				// The next worker (a restarted replica) delivers what was cut off.
 				ta.fast()
 				ta.startWorker(nil, time.Second)
-				eventually(t, 5*time.Second, "cut-off sends delivered by the next worker", func() bool {
-					return ta.count("notifications", "status = 'sent'") == len(ids)
-				})
+				eventually(t, 5*time.Second, "cut-off sends delivered", func() bool { return ta.count("notifications", "status = 'sent'") == len(ids) })
 			}
 		})
 	}
 }
 
-// Placing an order never waits for a sender, even one that hangs.
-func TestOutboxRequestPathNeverWaits(t *testing.T) {
-	ta := newTestApp(t, nil)
-	stuck := make(chan struct{}, 10)
-	ta.senders["sms"].fail = func(notice, int) error {
-		stuck <- struct{}{}
-		<-t.Context().Done()
-		return errors.New("gave up")
-	}
-	ta.startWorker(nil, 100*time.Millisecond)
-	c := ta.createCustomer("CUST-1", "+254712345678", nil)
-	for i := range 3 {
-		start := time.Now()
-		ta.place(map[string]any{"customer_id": c.ID, "item": fmt.Sprint("kit-", i), "amount": "10.00"})
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("order %d: POST took %v with the sender hanging, want under 1s", i, took)
-		}
-		if i == 0 {
-			<-stuck // later orders are placed while a send is provably stuck
-		}
-	}
-	if n := ta.count("notifications", "status = 'pending'"); n != 3 {
-		t.Errorf("pending notifications: got %d, want 3", n)
-	}
-}
-
-// A worker whose lease passed to another while it sent changes nothing with
-// its outcome, whatever it is; the current claim's outcome counts.
-func TestOutboxStaleOutcomeDiscarded(t *testing.T) {
+// A lease keeps a row from every claim, its own worker's included while the
+// row is in flight, even once the lease has lapsed (the worker could not
+// record the outcome). A worker whose lease passed to another while it sent
+// changes nothing with its outcome, whatever it is; the current claim's
+// outcome counts.
+func TestOutboxLeasesAndStaleOutcomes(t *testing.T) {
 	ta := newTestApp(t, nil)
 	c := ta.createCustomer("CUST-1", "+254712345678", nil)
 	o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit", "amount": "10.00"})
@@ -327,14 +246,18 @@ func TestOutboxStaleOutcomeDiscarded(t *testing.T) {
 	if err != nil || len(first) != 1 || first[0].attempts != 1 {
 		t.Fatalf("first claim: got %+v, %v; want one row at attempt 1", first, err)
 	}
+	stale.takeOff(t.Context(), first[0])
 	if rows, err := fresh.claim(t.Context(), 10); err != nil || len(rows) != 0 {
 		t.Fatalf("claim during the lease: got %d rows, %v; want none", len(rows), err)
 	}
-	var second []*claimed
-	eventually(t, 5*time.Second, "row claimable once the lease expired", func() bool {
-		second, err = fresh.claim(t.Context(), 10)
-		return err == nil && len(second) == 1
-	})
+	eventually(t, 5*time.Second, "the lease lapsed", func() bool { return ta.count("notifications", "next_attempt_at <= now()") == 1 })
+	if own, err := stale.claim(t.Context(), 10); err != nil || len(own) != 0 {
+		t.Errorf("claim of its own row in flight: got %d rows, %v; want none", len(own), err)
+	}
+	second, err := fresh.claim(t.Context(), 10)
+	if err != nil || len(second) != 1 {
+		t.Fatalf("another worker's claim once the lease lapsed: got %d rows, %v; want the row", len(second), err)
+	}
 	if waited := time.Since(claimedAt); waited < 300*time.Millisecond || second[0].attempts != 2 {
 		t.Errorf("re-claimed %v after the first claim at attempt %d, want no sooner than the 300ms lease, attempt 2", waited, second[0].attempts)
 	}
@@ -342,6 +265,7 @@ func TestOutboxStaleOutcomeDiscarded(t *testing.T) {
 	if second[0].notice != (notice{OrderID: o.ID, To: c.Phone, Name: c.Name, Item: "kit", Amount: 1000, Currency: "KES", Time: o.Time}) {
 		t.Errorf("claimed notice: got %+v", second[0].notice)
 	}
+	fresh.takeOff(t.Context(), second[0])
 	record := func(w *worker, c *claimed, err error) {
 		c.status, c.providerID, c.err = "sent", "id", err
 		if err != nil {

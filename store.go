@@ -106,22 +106,17 @@ func pgCode(err error) string {
 	return ""
 }
 
-// conflictFrom names the duplicate from PostgreSQL's "Key (code)=(X) already
-// exists." detail, or returns err unchanged when it is not a conflict.
-func conflictFrom(err error, what string) error {
-	pgErr, ok := errors.AsType[*pgconn.PgError](err)
-	if !ok || pgErr.Code != uniqueViolation {
+// conflictFrom turns a uniqueness violation into a conflictError naming
+// the value taken, from PostgreSQL's "Key (code)=(X) already exists."; what
+// and key say what the value is. Any other error is returned unchanged.
+func conflictFrom(err error, what, key string) error {
+	if pgCode(err) != uniqueViolation {
 		return err
 	}
-	key, value, ok := strings.Cut(strings.TrimPrefix(pgErr.Detail, "Key ("), ")=(")
+	pgErr, _ := errors.AsType[*pgconn.PgError](err)
+	_, value, _ := strings.Cut(pgErr.Detail, ")=(")
 	value, _, _ = strings.Cut(value, ") already exists")
-	if !ok {
-		return &conflictError{detail: "a " + what + " with the same key already exists"}
-	}
-	if key == "digits" {
-		return &conflictError{detail: "a " + what + " with the same digits already exists: " + value} // phone numbers' identity
-	}
-	return &conflictError{detail: fmt.Sprintf("a %s with that %s already exists: %s", what, key, value)}
+	return &conflictError{detail: fmt.Sprintf("a %s with the same %s already exists: %s", what, key, value)}
 }
 
 // Customers.
@@ -143,7 +138,7 @@ func (s *store) createCustomer(ctx context.Context, c customerInput, by string) 
 		VALUES ($1, $2, $3, $4, $5)
 		RETURNING `+customerColumns,
 		c.Code, c.Name, c.Phone, c.Email, by))
-	return created, conflictFrom(err, "customer")
+	return created, conflictFrom(err, "customer", "code")
 }
 
 // importCustomers inserts every customer or none, in one statement, and
@@ -164,7 +159,7 @@ func (s *store) importCustomers(ctx context.Context, cs []customerInput, by stri
 		SELECT added.id FROM unnest($1::text[]) WITH ORDINALITY AS i (code, n) JOIN added USING (code) ORDER BY i.n`,
 		codes, names, phones, emails, by)
 	ids, err := collect(rows, err, func(row scanner) (id int64, err error) { return id, row.Scan(&id) })
-	return ids, conflictFrom(err, "customer")
+	return ids, conflictFrom(err, "customer", "code")
 }
 
 // getCustomer returns the customer with its newest orders, or errNotFound.
@@ -272,7 +267,7 @@ func (s *store) createNumber(ctx context.Context, p numberPatch, by string) (pho
 		VALUES ($1, $2, $3, $4, $5, $6)
 		RETURNING `+numberColumns,
 		p.value, digitsOf(*p.value), p.monthly, p.setup, p.currency, by))
-	return created, conflictFrom(err, "phone number")
+	return created, conflictFrom(err, "phone number", "digits")
 }
 
 // getNumber returns one number or errNotFound.
@@ -302,7 +297,7 @@ func (s *store) updateNumber(ctx context.Context, id int64, p numberPatch) (phon
 		WHERE id = $1
 		RETURNING `+numberColumns,
 		id, p.value, digits, p.monthly, p.setup, p.currency))
-	return n, conflictFrom(err, "phone number")
+	return n, conflictFrom(err, "phone number", "digits")
 }
 
 // deleteNumber deletes one number, or returns errNotFound.
