@@ -408,11 +408,7 @@ func list[T any](kind byte, fetch func(context.Context, pageRequest) ([]T, error
 		if err == nil {
 			rows, err = fetch(r.Context(), p)
 		}
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		writePage(w, r, rows, p.limit, at)
+		respondPage(w, r, rows, err, p.limit, at)
 	}
 }
 

@@ -28,14 +28,10 @@ type customer struct {
 // embed sets the customer's orders from its newest ones, newest first: at
 // most embeddedOrders of them, and a link to the rest when there are more.
 func (c *customer) embed(newest []order) {
-	c.Orders, c.MoreOrders = newest, nil
+	c.Orders = append([]order{}, newest[:min(len(newest), embeddedOrders)]...) // [] when none, never null
 	if len(newest) > embeddedOrders {
-		c.Orders = newest[:embeddedOrders]
 		more := "/v1/orders?customer_id=" + strconv.FormatInt(c.ID, 10) + "&after=" + orderCursor(c.Orders[embeddedOrders-1]).encode()
 		c.MoreOrders = &more
-	}
-	if c.Orders == nil {
-		c.Orders = []order{}
 	}
 }
 

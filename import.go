@@ -82,8 +82,7 @@ func readJSONArray[T any](body io.Reader) (importBatch[T], error) {
 		if err != nil {
 			return b, jsonError(err)
 		}
-		return b, &requestError{status: http.StatusBadRequest, detail: "the body must be a JSON array of objects",
-			fields: []fieldError{{Pointer: "#", Detail: "must be a JSON array"}}}
+		return b, malformed("the body must be a JSON array of objects", fieldError{Pointer: "#", Detail: "must be a JSON array"})
 	}
 	for i := 0; dec.More(); i++ {
 		if i == maxImportRows {
@@ -95,7 +94,13 @@ func readJSONArray[T any](body io.Reader) (importBatch[T], error) {
 		}
 		var item T
 		if err := decodeStrict(raw, &item); err != nil {
-			return b, inElement(err, i)
+			// decodeStrict fails only with a *requestError: point it at element i.
+			e := err.(*requestError)
+			e.detail = "element " + strconv.Itoa(i) + ": " + e.detail
+			for f := range e.fields {
+				e.fields[f].Pointer = "#/" + strconv.Itoa(i) + strings.TrimPrefix(e.fields[f].Pointer, "#")
+			}
+			return b, e
 		}
 		b.items = append(b.items, item)
 	}
@@ -103,23 +108,9 @@ func readJSONArray[T any](body io.Reader) (importBatch[T], error) {
 		return b, jsonError(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return b, &requestError{status: http.StatusBadRequest, detail: "the body must hold a single JSON value"}
+		return b, malformed("the body must hold a single JSON value")
 	}
 	return b, nil
-}
-
-// inElement points a decoding error of array element i at that element.
-func inElement(err error, i int) error {
-	var re *requestError
-	if !errors.As(err, &re) {
-		return err
-	}
-	prefixed := &requestError{status: re.status, detail: "element " + strconv.Itoa(i) + ": " + re.detail}
-	for _, f := range re.fields {
-		f.Pointer = "#/" + strconv.Itoa(i) + strings.TrimPrefix(f.Pointer, "#")
-		prefixed.fields = append(prefixed.fields, f)
-	}
-	return prefixed
 }
 
 func readCSV[T any](body io.Reader, columns []string, fromCSV func(map[string]string) T) (importBatch[T], error) {
@@ -127,24 +118,23 @@ func readCSV[T any](body io.Reader, columns []string, fromCSV func(map[string]st
 	cr := csv.NewReader(&shortLines{r: body})
 	cr.FieldsPerRecord = 0 // every row as wide as the header
 	cr.TrimLeadingSpace = true
-	cr.ReuseRecord = true
 	header, err := cr.Read()
 	if errors.Is(err, io.EOF) {
-		return b, &requestError{status: http.StatusBadRequest, detail: "the CSV must start with a header row: " + strings.Join(columns, ",")}
+		return b, malformed("the CSV must start with a header row: " + strings.Join(columns, ","))
 	}
 	if err != nil {
 		return b, csvError(err)
 	}
-	header = slices.Clone(header)
 	for i, name := range header {
 		header[i] = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(name, "\ufeff")))
 		if !slices.Contains(columns, header[i]) {
-			return b, &requestError{status: http.StatusBadRequest, detail: "unknown CSV column " + strconv.Quote(name) + "; columns are " + strings.Join(columns, ",")}
+			return b, malformed("unknown CSV column " + strconv.Quote(name) + "; columns are " + strings.Join(columns, ","))
 		}
 		if slices.Contains(header[:i], header[i]) {
-			return b, &requestError{status: http.StatusBadRequest, detail: "CSV column " + strconv.Quote(name) + " appears twice"}
+			return b, malformed("CSV column " + strconv.Quote(name) + " appears twice")
 		}
 	}
+	cr.ReuseRecord = true // only now: the header must stay; each row is copied into a map
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -192,15 +182,11 @@ func (s *shortLines) Read(p []byte) (int, error) {
 
 // csvError reports a CSV syntax error with its line, or a body too large.
 func csvError(err error) error {
-	var (
-		pe     *csv.ParseError
-		tooBig *http.MaxBytesError
-	)
-	switch {
-	case errors.As(err, &tooBig):
+	if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
 		return jsonError(err)
-	case errors.As(err, &pe):
-		return &requestError{status: http.StatusBadRequest, detail: "malformed CSV on line " + strconv.Itoa(pe.Line) + ": " + pe.Err.Error()}
 	}
-	return &requestError{status: http.StatusBadRequest, detail: "malformed CSV: " + err.Error()}
+	if pe, ok := errors.AsType[*csv.ParseError](err); ok {
+		return malformed("malformed CSV on line " + strconv.Itoa(pe.Line) + ": " + pe.Err.Error())
+	}
+	return malformed("malformed CSV: " + err.Error())
 }

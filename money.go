@@ -81,6 +81,21 @@ func (m *moneyInput) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// check parses the amount, the member name of the body, reporting to c what
+// is wrong with it. An amount left out is nil unless required.
+func (in moneyInput) check(name string, required bool, c *checker) *Money {
+	m, err := parseMoney(in.text)
+	switch {
+	case !in.set && !required:
+		return nil
+	case !in.set:
+		c.add(name, "is required")
+	case err != nil:
+		c.add(name, err.Error())
+	}
+	return &m
+}
+
 // Scan reads a NUMERIC column, which the driver hands over as text; any
 // other value fails to parse.
 func (m *Money) Scan(src any) (err error) {

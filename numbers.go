@@ -1,11 +1,9 @@
 package main
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 )
 
@@ -30,10 +28,11 @@ type numberInput struct {
 }
 
 // numberPatch is a checked POST, PUT or PATCH: the fields it sets, nil for
-// those it leaves as they are (PATCH only).
+// those it leaves as they are (PATCH only). Digits go with the value: they
+// are its identity.
 type numberPatch struct {
-	value, currency *string
-	monthly, setup  *Money
+	value, digits, currency *string
+	monthly, setup          *Money
 }
 
 // check reports every rule in breaks and returns the fields it sets. With
@@ -48,6 +47,7 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 			c.add("value", d)
 		}
 		p.value = ptr(strings.TrimSpace(in.Value.Value))
+		p.digits = ptr(digitsOf(*p.value))
 	}
 	monthly, name := in.MonthyPrice, "monthyPrice"
 	if in.MonthlyPrice.set {
@@ -56,7 +56,7 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 		}
 		monthly, name = in.MonthlyPrice, "monthlyPrice"
 	}
-	p.monthly, p.setup = checkPrice(monthly, name, partial, c), checkPrice(in.SetupPrice, "setupPrice", partial, c)
+	p.monthly, p.setup = monthly.check(name, !partial, c), in.SetupPrice.check("setupPrice", !partial, c)
 	switch {
 	case !in.Currency.Set && !partial:
 		c.add("currency", "is required")
@@ -70,21 +70,6 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of value, monthyPrice, setupPrice, currency"})
 	}
 	return p
-}
-
-// checkPrice parses a price, nil when a partial update leaves it out.
-func checkPrice(in moneyInput, name string, partial bool, c *checker) *Money {
-	if !in.set && partial {
-		return nil
-	}
-	m, err := parseMoney(in.text)
-	if !in.set {
-		err = errors.New("is required")
-	}
-	if err != nil {
-		c.add(name, err.Error())
-	}
-	return &m
 }
 
 // checkNumberValue accepts a phone number written with digits and the usual
@@ -104,13 +89,8 @@ func checkNumberValue(s string) string {
 
 // checkNumberCurrency accepts 1 to 8 printable characters, such as "U$".
 func checkNumberCurrency(s string) string {
-	if n := utf8.RuneCountInString(s); n < 1 || n > 8 || strings.TrimSpace(s) != s {
+	if n := utf8.RuneCountInString(s); n < 1 || n > 8 || strings.TrimSpace(s) != s || !printable(s) {
 		return "must be 1 to 8 printable characters, e.g. U$ or USD"
-	}
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return "must be 1 to 8 printable characters, e.g. U$ or USD"
-		}
 	}
 	return ""
 }

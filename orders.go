@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 )
 
@@ -69,13 +69,7 @@ func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
 	if d := checkText(in.Item, 200); d != "" {
 		c.add("item", d)
 	}
-	if !in.Amount.set {
-		c.add("amount", "is required")
-	} else if m, err := parseMoney(in.Amount.text); err != nil {
-		c.add("amount", err.Error())
-	} else {
-		o.amount = m
-	}
+	o.amount = *in.Amount.check("amount", true, c)
 	if in.Currency != nil {
 		if d := checkCurrency(*in.Currency); d != "" {
 			c.add("currency", d)
@@ -126,11 +120,7 @@ func idempotencyKey(r *http.Request, c *checker) string {
 		return ""
 	}
 	key := keys[0]
-	ok := len(keys) == 1 && key != "" && utf8.ValidString(key) && utf8.RuneCountInString(key) <= 255
-	for _, r := range key {
-		ok = ok && unicode.IsPrint(r)
-	}
-	if !ok {
+	if len(keys) != 1 || key == "" || !utf8.ValidString(key) || utf8.RuneCountInString(key) > 255 || !printable(key) {
 		c.addError(fieldError{Header: "Idempotency-Key", Detail: "Idempotency-Key must be one header of 1 to 255 printable characters"})
 	}
 	return key
@@ -207,29 +197,20 @@ func (s *server) handleListOrders(w http.ResponseWriter, r *http.Request) {
 			c.addError(fieldError{Parameter: "customer_code", Detail: "customer_code " + d})
 		}
 	}
-	if err := c.err(); err != nil {
-		fail(w, r, err)
-		return
+	orders, err := []order(nil), c.err()
+	if err == nil {
+		orders, err = s.store.listOrders(r.Context(), f, p)
 	}
-	orders, err := s.store.listOrders(r.Context(), f, p)
-	if err != nil {
-		fail(w, r, err)
-		return
-	}
-	writePage(w, r, orders, p.limit, orderCursor)
+	respondPage(w, r, orders, err, p.limit, orderCursor)
 }
 
 func orderCursor(o order) cursor { return cursor{Kind: 'o', Time: o.Time, ID: o.ID} }
 
 func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
-	notify := true
-	if v := r.URL.Query().Get("notify"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			fail(w, r, invalid(fieldError{Parameter: "notify", Detail: "notify must be true or false"}))
-			return
-		}
-		notify = b
+	notify, err := strconv.ParseBool(cmp.Or(r.URL.Query().Get("notify"), "true"))
+	if err != nil {
+		fail(w, r, invalid(fieldError{Parameter: "notify", Detail: "notify must be true or false"}))
+		return
 	}
 	columns := []string{"customer_id", "customer_code", "item", "amount", "currency", "time", "channel"}
 	serveImport(w, r, s.imports, columns, orderFromCSV, func(batch importBatch[orderInput], c *checker) ([]int64, error) {

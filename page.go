@@ -58,19 +58,11 @@ func decodeCursor(s string, kind byte) (cursor, bool) {
 	return c, err == nil && c.ID > 0
 }
 
-// pageRequest is a list's limit and the cursor to start after (nil for the
-// first page).
+// pageRequest is a list's limit and the cursor to start after, whose ID is 0
+// for the first page.
 type pageRequest struct {
 	limit int
-	after *cursor
-}
-
-// afterID is the id the page starts after, 0 for the first page.
-func (p pageRequest) afterID() int64 {
-	if p.after == nil {
-		return 0
-	}
-	return p.after.ID
+	after cursor
 }
 
 // parsePage reads limit and after from q; c collects what is wrong with them,
@@ -89,7 +81,7 @@ func parsePage(q url.Values, kind byte, c *checker) pageRequest {
 		if !ok {
 			c.addError(fieldError{Parameter: "after", Detail: "after must be a next_cursor value returned by this list"})
 		}
-		p.after = &cur
+		p.after = cur
 	}
 	return p
 }
@@ -100,9 +92,14 @@ type listPage[T any] struct {
 	NextCursor *string `json:"next_cursor"`
 }
 
-// writePage answers a list. rows holds up to limit+1 items: the extra one only
-// proves that a next page exists. next makes the cursor for the last row kept.
-func writePage[T any](w http.ResponseWriter, r *http.Request, rows []T, limit int, next func(T) cursor) {
+// respondPage answers a list, or with err as a problem when it is not nil.
+// rows holds up to limit+1 items: the extra one only proves that a next page
+// exists. next makes the cursor for the last row kept.
+func respondPage[T any](w http.ResponseWriter, r *http.Request, rows []T, err error, limit int, next func(T) cursor) {
+	if err != nil {
+		fail(w, r, err)
+		return
+	}
 	page := listPage[T]{Data: rows[:min(len(rows), limit)]}
 	if rows == nil {
 		page.Data = []T{} // an empty list is [], never null

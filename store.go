@@ -110,10 +110,10 @@ func pgCode(err error) string {
 // the value taken, from PostgreSQL's "Key (code)=(X) already exists."; what
 // and key say what the value is. Any other error is returned unchanged.
 func conflictFrom(err error, what, key string) error {
-	if pgCode(err) != uniqueViolation {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok || pgErr.Code != uniqueViolation {
 		return err
 	}
-	pgErr, _ := errors.AsType[*pgconn.PgError](err)
 	_, value, _ := strings.Cut(pgErr.Detail, ")=(")
 	value, _, _ = strings.Cut(value, ") already exists")
 	return &conflictError{detail: fmt.Sprintf("a %s with the same %s already exists: %s", what, key, value)}
@@ -174,53 +174,47 @@ func (s *store) getCustomer(ctx context.Context, id int64) (customer, error) {
 // listCustomers returns up to limit+1 customers by id after the cursor, each
 // with its newest orders.
 func (s *store) listCustomers(ctx context.Context, p pageRequest) ([]customer, error) {
-	return s.customers(ctx, `WHERE id > $1 ORDER BY id LIMIT $2`, p.afterID(), p.limit+1)
+	return s.customers(ctx, `WHERE id > $1 ORDER BY id LIMIT $2`, p.after.ID, p.limit+1)
 }
 
 // customers returns the customers a WHERE clause selects, each with its
-// newest orders, in two queries however many there are.
+// newest orders, in two queries however many there are: the second reads one
+// order more than a customer embeds, to tell whether there are others.
 func (s *store) customers(ctx context.Context, where string, args ...any) ([]customer, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+customerColumns+` FROM customers `+where, args...)
 	cs, err := collect(rows, err, scanCustomer)
 	if err != nil || len(cs) == 0 {
 		return cs, err
 	}
-	return cs, s.attachOrders(ctx, cs)
-}
-
-// attachOrders gives each customer its newest orders, one more than it
-// embeds to tell whether there are others, with one query.
-func (s *store) attachOrders(ctx context.Context, cs []customer) error {
 	ids := make([]int64, len(cs))
-	byID := make(map[int64][]order, len(cs))
 	for i, c := range cs {
 		ids[i] = c.ID
 	}
-	rows, err := s.db.QueryContext(ctx, `
+	rows, err = s.db.QueryContext(ctx, `
 		SELECT o.* FROM unnest($1::bigint[]) AS c (id) CROSS JOIN LATERAL (`+orderSelect+`
 			WHERE o.customer_id = c.id ORDER BY o.time DESC, o.id DESC LIMIT $2
 		) o
 		ORDER BY o.customer_id, o.time DESC, o.id DESC`, ids, embeddedOrders+1)
 	orders, err := collect(rows, err, scanOrder)
+	byID := make(map[int64][]order, len(cs))
 	for _, o := range orders {
 		byID[o.CustomerID] = append(byID[o.CustomerID], o)
 	}
 	for i := range cs {
 		cs[i].embed(byID[cs[i].ID])
 	}
-	return err
+	return cs, err
 }
 
 // patchCustomer changes the fields p sets and returns the customer with its
 // orders, or errNotFound.
 func (s *store) patchCustomer(ctx context.Context, id int64, p customerPatch) (customer, error) {
-	_, err := scanCustomer(s.db.QueryRowContext(ctx, `
+	err := rowAffected(s.db.ExecContext(ctx, `
 		UPDATE customers SET
 			name = COALESCE($2, name),
 			phone = COALESCE($3, phone),
 			email = CASE WHEN $4 THEN $5 ELSE email END
-		WHERE id = $1
-		RETURNING `+customerColumns,
+		WHERE id = $1`,
 		id, p.Name.ptr(), p.Phone.ptr(), p.Email.Set, p.Email.ptr()))
 	if err != nil {
 		return customer{}, err
@@ -266,7 +260,7 @@ func (s *store) createNumber(ctx context.Context, p numberPatch, by string) (pho
 		INSERT INTO phone_numbers (value, digits, monthly_price, setup_price, currency, created_by)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		RETURNING `+numberColumns,
-		p.value, digitsOf(*p.value), p.monthly, p.setup, p.currency, by))
+		p.value, p.digits, p.monthly, p.setup, p.currency, by))
 	return created, conflictFrom(err, "phone number", "digits")
 }
 
@@ -279,7 +273,7 @@ func (s *store) getNumber(ctx context.Context, id int64) (phoneNumber, error) {
 func (s *store) listNumbers(ctx context.Context, p pageRequest) ([]phoneNumber, error) {
 	rows, err := s.db.QueryContext(ctx, `
 		SELECT `+numberColumns+` FROM phone_numbers WHERE id > $1 ORDER BY id LIMIT $2`,
-		p.afterID(), p.limit+1)
+		p.after.ID, p.limit+1)
 	return collect(rows, err, scanNumber)
 }
 
@@ -287,16 +281,12 @@ func (s *store) listNumbers(ctx context.Context, p pageRequest) ([]phoneNumber, 
 // PATCHes of different fields all take effect. It returns errNotFound, or a
 // conflictError when the digits are taken.
 func (s *store) updateNumber(ctx context.Context, id int64, p numberPatch) (phoneNumber, error) {
-	var digits *string
-	if p.value != nil {
-		digits = ptr(digitsOf(*p.value))
-	}
 	n, err := scanNumber(s.db.QueryRowContext(ctx, `
 		UPDATE phone_numbers SET value = COALESCE($2, value), digits = COALESCE($3, digits),
 			monthly_price = COALESCE($4, monthly_price), setup_price = COALESCE($5, setup_price), currency = COALESCE($6, currency)
 		WHERE id = $1
 		RETURNING `+numberColumns,
-		id, p.value, digits, p.monthly, p.setup, p.currency))
+		id, p.value, p.digits, p.monthly, p.setup, p.currency))
 	return n, conflictFrom(err, "phone number", "digits")
 }
 

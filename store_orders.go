@@ -82,7 +82,7 @@ func (s *store) listOrders(ctx context.Context, f orderFilter, p pageRequest) ([
 	if f.customerCode != "" {
 		where = append(where, "o.customer_id = (SELECT id FROM customers WHERE code = "+arg(f.customerCode)+")")
 	}
-	if p.after != nil {
+	if p.after.ID != 0 {
 		where = append(where, "(o.time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
 	}
 	query := orderSelect

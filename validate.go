@@ -65,6 +65,13 @@ func refusedInText(r rune) bool {
 	return unicode.IsControl(r) || unicode.In(r, unicode.Zl, unicode.Zp) || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
 }
 
+// printable reports whether every character of s is printable, as
+// unicode.IsPrint says: letters, marks, numbers, punctuation, symbols and
+// the ASCII space.
+func printable(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
+}
+
 // checkCurrency accepts an ISO 4217 code: three capital letters.
 func checkCurrency(s string) string {
 	if len(s) != 3 || strings.ContainsFunc(s, func(r rune) bool { return r < 'A' || r > 'Z' }) {
