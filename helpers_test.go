@@ -32,6 +32,7 @@ func testDatabaseURL() string {
 
 var (
 	dbCheck     sync.Once
+	testDB      *sql.DB // the test server, where every test's schema is made and dropped
 	dbReachable error
 	schemaSeq   atomic.Int64
 )
@@ -44,14 +45,11 @@ func testSchemaURL(t testing.TB) string {
 	t.Helper()
 	base := testDatabaseURL()
 	dbCheck.Do(func() {
-		db, err := sql.Open("pgx", base)
-		if err == nil {
+		if testDB, dbReachable = sql.Open("pgx", base); dbReachable == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			err = db.PingContext(ctx)
+			dbReachable = testDB.PingContext(ctx)
 			cancel()
-			db.Close()
 		}
-		dbReachable = err
 	})
 	if dbReachable != nil {
 		if os.Getenv("CI") != "" {
@@ -61,20 +59,10 @@ func testSchemaURL(t testing.TB) string {
 		t.Skip("no PostgreSQL reachable; set TEST_DATABASE_URL")
 	}
 	schema := fmt.Sprintf("t_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6, schemaSeq.Add(1))
-	db, err := sql.Open("pgx", base)
-	if err != nil {
+	if _, err := testDB.Exec("CREATE SCHEMA " + schema); err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if db, err := sql.Open("pgx", base); err == nil {
-			db.Exec("DROP SCHEMA " + schema + " CASCADE")
-			db.Close()
-		}
-	})
+	t.Cleanup(func() { testDB.Exec("DROP SCHEMA " + schema + " CASCADE") })
 	u, err := url.Parse(base)
 	if err != nil {
 		t.Fatal(err)

@@ -135,7 +135,7 @@ func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o := in.check(time.Now(), s.channels, c)
-	p := placement{by: subject(r), orders: []newOrder{o}, checkOnly: c.total > 0}
+	p := placement{by: subject(r), orders: []newOrder{o}}
 	if key != "" && c.total == 0 {
 		p.key, p.fingerprint = key, in.fingerprint(o)
 	}
@@ -151,14 +151,15 @@ func (s *server) handleCreateOrder(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, http.StatusCreated, placed[0])
 }
 
-// place hands p to the store, wakes the worker for what it placed, and adds
-// what it could not place to the errors c already holds; locate(i) moves c
-// to order i. It returns the placed orders, or the errors of the lot.
+// place hands p to the store, only to learn what it could not place when c
+// already holds errors, wakes the worker for what it placed, and adds what it
+// could not place to c; locate(i) moves c to order i. It returns the placed
+// orders, or the errors of the lot.
 func (s *server) place(r *http.Request, p placement, c *checker, locate func(i int)) ([]order, error) {
+	p.checkOnly = c.total > 0
 	placed, err := s.store.placeOrders(r.Context(), p)
 	s.outbox.wake()
-	var unplaced *unplacedError
-	if errors.As(err, &unplaced) {
+	if unplaced, ok := errors.AsType[*unplacedError](err); ok {
 		for _, u := range unplaced.orders {
 			locate(u.index)
 			o := p.orders[u.index]
@@ -223,7 +224,6 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 				p.orders[i].channel, p.orders[i].address = channelNone, ""
 			}
 		}
-		p.checkOnly = c.total > 0
 		placed, err := s.place(r, p, c, func(i int) { c.at(i, batch.csv) })
 		ids := make([]int64, len(placed))
 		for i, o := range placed {

@@ -109,18 +109,10 @@ func TestOrdersCreate(t *testing.T) {
 			}
 		})
 	}
-	for _, tc := range []struct{ name, body, pointer, detail string }{
-		{"customer id wrong type", `{"customer_id":"7","item":"x","amount":"1"}`, "#/customer_id", "must be a JSON number"},
-		{"a member twice", fmt.Sprintf(`{"customer_id":%d,"item":"x","amount":"1","amount":"99999"}`, c.ID), "#/amount", `"amount" appears twice`},
-		{"a member in the wrong case", fmt.Sprintf(`{"customer_id":%d,"item":"x","AMOUNT":"99999"}`, c.ID), "#/AMOUNT", `names are case-sensitive: "amount"`},
-		{"invalid UTF-8", fmt.Sprintf("{\"customer_id\":%d,\"item\":\"x\xff\",\"amount\":\"1\"}", c.ID), "", "not valid UTF-8"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := ta.do("POST", "/v1/orders", tc.body).must(t, http.StatusBadRequest).problem(t)
-			if !strings.Contains(p.Detail, tc.detail) || tc.pointer != "" && (len(p.Errors) != 1 || p.Errors[0].Pointer != tc.pointer) {
-				t.Errorf("got %q %+v, want %q at %q", p.Detail, p.Errors, tc.detail, tc.pointer)
-			}
-		})
+	// Malformed bodies are TestAPIBodyErrors's; an integer member is the orders'.
+	p := ta.do("POST", "/v1/orders", `{"customer_id":"7","item":"x","amount":"1"}`).must(t, http.StatusBadRequest).problem(t)
+	if p.Detail != `customer_id must be a JSON number, not string` || len(p.Errors) != 1 || p.Errors[0].Pointer != "#/customer_id" {
+		t.Errorf("customer_id as a string: got %q %+v, want a JSON number at #/customer_id", p.Detail, p.Errors)
 	}
 	if ta.count("orders") != orders || ta.count("notifications") != notifications {
 		t.Errorf("refused orders changed the database")
