@@ -266,6 +266,18 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return decodeStrict(body, v)
 }
 
+// decodeChecked decodes r's body into v with decodeJSON, then has check
+// report to a checker every rule the body breaks, so that one answer names
+// them all.
+func decodeChecked(w http.ResponseWriter, r *http.Request, v any, check func(*checker)) error {
+	if err := decodeJSON(w, r, v); err != nil {
+		return err
+	}
+	c := newChecker()
+	check(c)
+	return c.err()
+}
+
 // decodeStrict decodes data, which must hold exactly one JSON value in valid
 // UTF-8, into the struct v points to. An object member must be named exactly
 // as one of v's fields, once: encoding/json would match names ignoring case

@@ -97,13 +97,7 @@ func (p *customerPatch) check(c *checker) {
 
 func (s *server) handleCreateCustomer(w http.ResponseWriter, r *http.Request) {
 	var in customerInput
-	err := decodeJSON(w, r, &in)
-	if err == nil {
-		c := newChecker()
-		in.check(c)
-		err = c.err()
-	}
-	if err != nil {
+	if err := decodeChecked(w, r, &in, in.check); err != nil {
 		fail(w, r, err)
 		return
 	}
@@ -118,12 +112,7 @@ func (s *server) handlePatchCustomer(w http.ResponseWriter, r *http.Request) {
 	var p customerPatch
 	id, err := pathID(r)
 	if err == nil {
-		err = decodeJSON(w, r, &p)
-	}
-	if err == nil {
-		c := newChecker()
-		p.check(c)
-		err = c.err()
+		err = decodeChecked(w, r, &p, p.check)
 	}
 	var updated customer
 	if err == nil {

@@ -97,14 +97,11 @@ func checkNumberCurrency(s string) string {
 
 func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
 	var in numberInput
-	err := decodeJSON(w, r, &in)
+	var p numberPatch
 	var created phoneNumber
+	err := decodeChecked(w, r, &in, func(c *checker) { p = in.check(false, c) })
 	if err == nil {
-		c := newChecker()
-		p := in.check(false, c)
-		if err = c.err(); err == nil {
-			created, err = s.store.createNumber(r.Context(), p, subject(r))
-		}
+		created, err = s.store.createNumber(r.Context(), p, subject(r))
 	}
 	if err == nil {
 		w.Header().Set("Location", "/v1/numbers/"+strconv.FormatInt(created.ID, 10))
@@ -118,17 +115,14 @@ func (s *server) handleCreateNumber(w http.ResponseWriter, r *http.Request) {
 func (s *server) updateNumber(partial bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var in numberInput
+		var p numberPatch
+		var updated phoneNumber
 		id, err := pathID(r)
 		if err == nil {
-			err = decodeJSON(w, r, &in)
+			err = decodeChecked(w, r, &in, func(c *checker) { p = in.check(partial, c) })
 		}
-		var updated phoneNumber
 		if err == nil {
-			c := newChecker()
-			p := in.check(partial, c)
-			if err = c.err(); err == nil {
-				updated, err = s.store.updateNumber(r.Context(), id, p)
-			}
+			updated, err = s.store.updateNumber(r.Context(), id, p)
 		}
 		respond(w, r, http.StatusOK, updated, err)
 	}

@@ -28,17 +28,16 @@ const orderSelect = `
 
 func scanOrder(row scanner) (order, error) {
 	var (
-		o        order
-		channel  sql.NullString
-		status   sql.NullString
-		attempts sql.NullInt64
-		n        notificationView
+		o               order
+		n               notificationView
+		channel, status *string // null, as attempts, when the order has no notification
+		attempts        *int
 	)
 	err := row.Scan(&o.ID, &o.CustomerID, &o.Item, &o.Amount, &o.Currency, &o.Time, &o.CreatedBy,
 		&channel, &status, &attempts, &n.LastError, &n.SentAt, &n.DeliveredAt)
 	o.Time = o.Time.UTC()
-	if channel.Valid {
-		n.Channel, n.Status, n.Attempts = channel.String, status.String, int(attempts.Int64)
+	if channel != nil {
+		n.Channel, n.Status, n.Attempts = *channel, *status, *attempts
 		n.SentAt, n.DeliveredAt = utc(n.SentAt), utc(n.DeliveredAt)
 		o.Notification = &n
 	}
