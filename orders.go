@@ -120,7 +120,8 @@ func idempotencyKey(r *http.Request, c *checker) string {
 		return ""
 	}
 	key := keys[0]
-	if len(keys) != 1 || key == "" || !utf8.ValidString(key) || utf8.RuneCountInString(key) > 255 || !printable(key) {
+	if len(keys) != 1 || key == "" || !utf8.ValidString(key) || utf8.RuneCountInString(key) > 255 ||
+		!printable(key) {
 		c.addError(fieldError{Header: "Idempotency-Key", Detail: "Idempotency-Key must be one header of 1 to 255 printable characters"})
 	}
 	return key
