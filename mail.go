@@ -247,16 +247,15 @@ type loginAuth []string
 
 func (a *loginAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return "LOGIN", nil, nil }
 
-func (a *loginAuth) Next(_ []byte, more bool) ([]byte, error) {
-	if !more {
-		return nil, nil
+func (a *loginAuth) Next(_ []byte, more bool) (answer []byte, err error) {
+	switch {
+	case !more:
+	case len(*a) == 0:
+		err = errors.New("unexpected AUTH LOGIN challenge")
+	default:
+		answer, *a = []byte((*a)[0]), (*a)[1:]
 	}
-	if len(*a) == 0 {
-		return nil, errors.New("unexpected AUTH LOGIN challenge")
-	}
-	answer := (*a)[0]
-	*a = (*a)[1:]
-	return []byte(answer), nil
+	return answer, err
 }
 
 // classify turns a failure of Send into a *SendError. A relay's reply decides

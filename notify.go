@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -118,16 +119,15 @@ func (cs *channels) names() []string {
 }
 
 // route returns the channel an order goes out on and the customer field it is
-// addressed to: the order's own channel when it named one, else the rules'.
-func (cs *channels) route(item, named string) (name, address string) {
-	name = named
-	if name == "" {
-		name = channelNone
-		if i := slices.IndexFunc(cs.rules, func(r notifyRule) bool { return r.item.MatchString(item) }); i >= 0 {
-			name = cs.rules[i].channel
+// addressed to: the order's own channel when it named one, else the first
+// rule's that matches item, else none.
+func (cs *channels) route(item, name string) (channel, address string) {
+	for _, r := range cs.rules {
+		if name == "" && r.item.MatchString(item) {
+			name = r.channel
 		}
 	}
-	return name, cs.byName[name].address
+	return cmp.Or(name, channelNone), cs.byName[name].address
 }
 
 // logSender is the channel used when its provider is not configured: the

@@ -266,22 +266,17 @@ func (w *worker) send(ctx context.Context, c *claimed) {
 	}
 }
 
-// record stores the outcome o with every outcome already waiting behind it.
-func (w *worker) record(ctx context.Context, o *claimed, outcomes <-chan *claimed) {
+// record stores the outcome o of a row in flight, with every outcome already
+// waiting in waiting, in one statement, then takes their rows out of flight.
+// An outcome applies only if the row still carries the attempt it was
+// claimed with: when a lease ran out mid-send and another worker claimed the
+// row, that worker's outcome counts. Recording happens even while shutting
+// down: losing an outcome would resend a message that was delivered.
+func (w *worker) record(ctx context.Context, o *claimed, waiting <-chan *claimed) {
 	batch := []*claimed{o}
-	for len(outcomes) > 0 {
-		batch = append(batch, <-outcomes)
+	for len(waiting) > 0 {
+		batch = append(batch, <-waiting)
 	}
-	w.recordBatch(ctx, batch)
-}
-
-// recordBatch stores the outcomes of rows in flight in one statement, then
-// takes the rows out of flight. An outcome applies only if the row still
-// carries the attempt it was claimed with: when a lease ran out mid-send and
-// another worker claimed the row, that worker's outcome counts. Recording
-// happens even while shutting down: losing an outcome would resend a message
-// that was delivered.
-func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
 	ids, attempts, retryIn := make([]int64, len(batch)), make([]int64, len(batch)), make([]float64, len(batch))
 	statuses, providerIDs, lastErrors := make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
 	for i, o := range batch {

@@ -227,15 +227,11 @@ type deliveryReport struct {
 // MessageDeliveryRequest of SamuelMwangiW/africastalking-laravel checks).
 // Only id, status and failureReason matter here. Success is delivery; Failed,
 // Rejected, AbsentSubscriber and Expired are final failures; Sent, Submitted
-// and Buffered are steps on the way. A form without id or status, or with any
-// other status, is an error.
+// and Buffered are steps on the way. A form without id, or without one of
+// these statuses, is an error.
 func parseDeliveryReport(form url.Values) (deliveryReport, error) {
-	id, status := form.Get("id"), form.Get("status")
-	if id == "" || status == "" {
-		return deliveryReport{}, errors.New("a delivery report needs an id and a status")
-	}
-	r := deliveryReport{providerID: id}
-	switch status {
+	r := deliveryReport{providerID: form.Get("id")}
+	switch status := form.Get("status"); status {
 	case "Success":
 		r.status = "delivered"
 	case "Failed", "Rejected", "AbsentSubscriber", "Expired":
@@ -244,6 +240,9 @@ func parseDeliveryReport(form url.Values) (deliveryReport, error) {
 	case "Sent", "Submitted", "Buffered":
 	default:
 		return deliveryReport{}, fmt.Errorf("%q is not a delivery report status", storable(status))
+	}
+	if r.providerID == "" {
+		return deliveryReport{}, errors.New("a delivery report needs an id")
 	}
 	return r, nil
 }
