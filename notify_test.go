@@ -246,6 +246,10 @@ func TestNotifyEndToEndSMS(t *testing.T) {
 			t.Errorf("%s: got %d, want %d", tc.name, code, tc.code)
 		}
 	}
+	for body, status := range map[string]int{`{"id":"x","status":"Success"}`: 415, "status=Success&id=" + strings.Repeat("x", 64<<10): 400} {
+		contentType := map[int]string{415: "application/json", 400: "application/x-www-form-urlencoded"}[status]
+		ta.request("POST", "/hooks/africastalking/"+secret, body, contentType, nil).must(t, status).problem(t)
+	}
 	for _, tc := range []struct {
 		id                int64
 		status, lastError string
@@ -282,8 +286,8 @@ func TestNotifyEndToEndEmail(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].from != "orders@lab.example" || len(msgs[0].to) != 1 || msgs[0].to[0] != "amina@example.com" {
 		t.Fatalf("e-mails: got %+v, want one from orders@lab.example to amina@example.com", msgs)
 	}
-	_, subject, body := parseMail(t, msgs[0].data)
-	if !strings.Contains(subject, fmt.Sprint("#", o.ID)) {
+	h, body := parseMail(t, msgs[0].data)
+	if subject := h.Get("Subject"); !strings.Contains(subject, fmt.Sprint("#", o.ID)) {
 		t.Errorf("Subject: got %q, want it to name order #%d", subject, o.ID)
 	}
 	for _, want := range []string{"Amina Njoroge", item, "KES 1250.00", "21 November 2026, 09:30 UTC", fmt.Sprint("#", o.ID)} {
