@@ -153,7 +153,7 @@ func TestSMTPMailerSend(t *testing.T) {
 		{name: "bad credentials", srv: &smtpFake{auth: []string{"PLAIN"}, user: "shop", pass: "other"}, url: withCreds, wantPermanent: true,
 			wantReason: "smtp: authentication failed: 535 5.7.8 authentication credentials invalid"},
 		{name: "rejection quoting the password", srv: &smtpFake{implicit: true, auth: []string{"PLAIN"},
-			replies: map[string]string{"AUTH": "535 5.7.8 hunter2 is not the password of shop"}}, url: "smtps://shop:hunter2@relay.test", wantPermanent: true, wantReason: "535 5.7.8 xxxxx is not the password"},
+			replies: map[string]string{"AUTH": "535 5.7.8 hunter2 is not the password of shop"}}, url: "smtps://shop:hunter2@relay.test", wantPermanent: true, wantReason: "535 5.7.8 [redacted] is not the password"},
 		{name: "sender needs authentication", srv: authing("PLAIN"), wantPermanent: true, wantReason: "smtp: authentication failed: 530 5.7.0"},
 		{name: "recipient unknown", srv: replying("RCPT", "550 5.1.1 mailbox unavailable"), wantPermanent: true, wantReason: "smtp: 550 5.1.1 mailbox unavailable"},
 		{name: "multi-line reply", srv: replying("RCPT", "550-5.1.1 no such user\r\n550 5.1.1 see \x1b[31mhttps://help.example\x1b[0m"),

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // notice is what a channel needs to tell a customer of an order; each
@@ -43,6 +44,29 @@ type SendError struct {
 
 func (e *SendError) Error() string { return e.Reason }
 func (e *SendError) Unwrap() error { return e.Err }
+
+// maxStoredReason caps a reason, which is stored and shown to staff.
+const maxStoredReason = 200
+
+// storable returns s fit to store and show to staff: secret, unless empty,
+// replaced by "[redacted]" before the cut, so that no part of it stays; then
+// valid UTF-8, control characters turned to spaces, trimmed, and at most
+// maxStoredReason characters.
+func storable(s, secret string) string {
+	if secret != "" {
+		s = strings.ReplaceAll(s, secret, "[redacted]")
+	}
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD")))
+	if r := []rune(s); len(r) > maxStoredReason {
+		s = string(r[:maxStoredReason-1]) + "…"
+	}
+	return s
+}
 
 // channel is a registered way to reach a customer: who delivers, and which of
 // the customer's fields holds the address ("phone" or "email").
