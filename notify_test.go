@@ -288,7 +288,8 @@ func TestNotifyEndToEndEmail(t *testing.T) {
 	}
 	// The text itself is TestSMTPMailerSend's; here it is the order as stored.
 	h, body := parseMail(t, msgs[0].data)
-	want := mailText(notice{OrderID: o.ID, Name: c.Name, Item: item, Amount: 125000, Currency: "KES", Time: time.Date(2026, 11, 21, 9, 30, 0, 0, time.UTC)})
+	placed := time.Date(2026, 11, 21, 9, 30, 0, 0, time.UTC)
+	want := mailText(notice{OrderID: o.ID, Name: c.Name, Item: item, Amount: 125000, Currency: "KES", Time: placed})
 	if subject := h.Get("Subject"); subject != fmt.Sprintf("Order #%d placed", o.ID) || strings.ReplaceAll(body, "\r\n", "\n") != want {
 		t.Errorf("got Subject %q, body %q; want Order #%d placed, %q", subject, body, o.ID, want)
 	}
