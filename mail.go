@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 )
 
 // smtpConfig says where an SMTP relay is and how to log in to it.
@@ -247,16 +246,15 @@ type loginAuth []string
 
 func (a *loginAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return "LOGIN", nil, nil }
 
-func (a *loginAuth) Next(_ []byte, more bool) ([]byte, error) {
-	if !more {
-		return nil, nil
+func (a *loginAuth) Next(_ []byte, more bool) (answer []byte, err error) {
+	switch {
+	case !more:
+	case len(*a) == 0:
+		err = errors.New("unexpected AUTH LOGIN challenge")
+	default:
+		answer, *a = []byte((*a)[0]), (*a)[1:]
 	}
-	if len(*a) == 0 {
-		return nil, errors.New("unexpected AUTH LOGIN challenge")
-	}
-	answer := (*a)[0]
-	*a = (*a)[1:]
-	return []byte(answer), nil
+	return answer, err
 }
 
 // classify turns a failure of Send into a *SendError. A relay's reply decides
@@ -264,8 +262,9 @@ func (a *loginAuth) Next(_ []byte, more bool) ([]byte, error) {
 // authentication failures. Anything else (cancellation, network errors,
 // timeouts, TLS failures, garbled replies) is retryable, and Uncertain when it
 // struck after the whole message was written, while waiting for the relay's
-// verdict. Reasons are the relay's or the network's words, with the password
-// masked.
+// verdict. Reasons are the relay's or the network's words, made storable
+// (so that a multi-line or hostile reply stays one bounded line) with the
+// password redacted.
 func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 	if se, ok := errors.AsType[*SendError](err); ok {
 		return se
@@ -280,8 +279,8 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 	e := &SendError{Permanent: isReply && te.Code/100 == 5, Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
 	switch {
 	case isReply:
-		// Flattened so that a multi-line or hostile reply stays one line.
-		reply := fmt.Sprintf("%03d %s", te.Code, strings.Join(strings.FieldsFunc(te.Msg, unicode.IsControl), " "))
+		// As the relay sent it: textproto.Error's own text quotes it.
+		reply := fmt.Sprintf("%03d %s", te.Code, te.Msg)
 		e.Reason = "smtp: " + reply
 		if te.Code == 530 || te.Code == 534 || te.Code == 535 {
 			e.Reason = "smtp: authentication failed: " + reply
@@ -290,8 +289,6 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 		// What broke is only the symptom of the abort: a closed connection.
 		e.Reason, e.Err = "smtp: delivery aborted: "+cause.Error(), errors.Join(cause, err)
 	}
-	if s.cfg.password != "" {
-		e.Reason = strings.ReplaceAll(e.Reason, s.cfg.password, "xxxxx")
-	}
+	e.Reason = storable(e.Reason, s.cfg.password)
 	return e
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // notice is what a channel needs to tell a customer of an order; each
@@ -42,6 +44,29 @@ type SendError struct {
 
 func (e *SendError) Error() string { return e.Reason }
 func (e *SendError) Unwrap() error { return e.Err }
+
+// maxStoredReason caps a reason, which is stored and shown to staff.
+const maxStoredReason = 200
+
+// storable returns s fit to store and show to staff: secret, unless empty,
+// replaced by "[redacted]" before the cut, so that no part of it stays; then
+// valid UTF-8, control characters turned to spaces, trimmed, and at most
+// maxStoredReason characters.
+func storable(s, secret string) string {
+	if secret != "" {
+		s = strings.ReplaceAll(s, secret, "[redacted]")
+	}
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD")))
+	if r := []rune(s); len(r) > maxStoredReason {
+		s = string(r[:maxStoredReason-1]) + "…"
+	}
+	return s
+}
 
 // channel is a registered way to reach a customer: who delivers, and which of
 // the customer's fields holds the address ("phone" or "email").
@@ -118,16 +143,15 @@ func (cs *channels) names() []string {
 }
 
 // route returns the channel an order goes out on and the customer field it is
-// addressed to: the order's own channel when it named one, else the rules'.
-func (cs *channels) route(item, named string) (name, address string) {
-	name = named
-	if name == "" {
-		name = channelNone
-		if i := slices.IndexFunc(cs.rules, func(r notifyRule) bool { return r.item.MatchString(item) }); i >= 0 {
-			name = cs.rules[i].channel
+// addressed to: the order's own channel when it named one, else the first
+// rule's that matches item, else none.
+func (cs *channels) route(item, name string) (channel, address string) {
+	for _, r := range cs.rules {
+		if name == "" && r.item.MatchString(item) {
+			name = r.channel
 		}
 	}
-	return name, cs.byName[name].address
+	return cmp.Or(name, channelNone), cs.byName[name].address
 }
 
 // logSender is the channel used when its provider is not configured: the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"database/sql"
@@ -249,39 +250,33 @@ func (w *worker) send(ctx context.Context, c *claimed) {
 	} else {
 		c.err = &SendError{Permanent: true, Reason: "channel " + c.channel + " is not configured on this server"}
 	}
+	// An error that is not a *SendError counts as a retryable one.
 	se, _ := errors.AsType[*SendError](c.err)
+	se = cmp.Or(se, &SendError{})
 	switch {
 	case c.err == nil:
-	case se != nil && se.Permanent, c.attempts >= w.maxAttempts:
+	case se.Permanent, c.attempts >= w.maxAttempts:
 		c.status = "failed"
-	case se != nil && se.Uncertain && c.attempts >= w.maxUncertain:
+	case se.Uncertain && c.attempts >= w.maxUncertain:
 		c.status = "failed"
 		c.err = &SendError{Reason: se.Reason + "; not retried again, as the provider may have accepted it", Err: se}
 	default:
 		c.status = "pending"
-		c.retryIn = w.backoff(c.attempts)
-		if se != nil {
-			c.retryIn = max(c.retryIn, time.Until(se.RetryAt))
-		}
+		c.retryIn = max(w.backoff(c.attempts), time.Until(se.RetryAt))
 	}
 }
 
-// record stores the outcome o with every outcome already waiting behind it.
-func (w *worker) record(ctx context.Context, o *claimed, outcomes <-chan *claimed) {
+// record stores the outcome o of a row in flight, with every outcome already
+// waiting in waiting, in one statement, then takes their rows out of flight.
+// An outcome applies only if the row still carries the attempt it was
+// claimed with: when a lease ran out mid-send and another worker claimed the
+// row, that worker's outcome counts. Recording happens even while shutting
+// down: losing an outcome would resend a message that was delivered.
+func (w *worker) record(ctx context.Context, o *claimed, waiting <-chan *claimed) {
 	batch := []*claimed{o}
-	for len(outcomes) > 0 {
-		batch = append(batch, <-outcomes)
+	for len(waiting) > 0 {
+		batch = append(batch, <-waiting)
 	}
-	w.recordBatch(ctx, batch)
-}
-
-// recordBatch stores the outcomes of rows in flight in one statement, then
-// takes the rows out of flight. An outcome applies only if the row still
-// carries the attempt it was claimed with: when a lease ran out mid-send and
-// another worker claimed the row, that worker's outcome counts. Recording
-// happens even while shutting down: losing an outcome would resend a message
-// that was delivered.
-func (w *worker) recordBatch(ctx context.Context, batch []*claimed) {
 	ids, attempts, retryIn := make([]int64, len(batch)), make([]int64, len(batch)), make([]float64, len(batch))
 	statuses, providerIDs, lastErrors := make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
 	for i, o := range batch {
@@ -366,9 +361,9 @@ func (s *server) handleDeliveryReport(w http.ResponseWriter, r *http.Request) {
 	if mediaType(r) != "application/x-www-form-urlencoded" {
 		err = &requestError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/x-www-form-urlencoded"}
 	} else if r.Body = http.MaxBytesReader(w, r.Body, 64<<10); r.ParseForm() != nil {
-		err = &requestError{status: http.StatusBadRequest, detail: "the body is not a form of at most 64 KiB"}
+		err = malformed("the body is not a form of at most 64 KiB")
 	} else if report, perr := parseDeliveryReport(r.PostForm); perr != nil {
-		err = &requestError{status: http.StatusBadRequest, detail: perr.Error()}
+		err = malformed(perr.Error())
 	} else {
 		err = s.outbox.report(r.Context(), report)
 	}

@@ -124,34 +124,6 @@ func (ta *testApp) otherWorker(s Sender) *worker {
 	return w
 }
 
-// The rows of a worker that claimed them and died are delivered by another
-// once their lease ends, and not before.
-func TestOutboxRescuesADeadWorkersRows(t *testing.T) {
-	ta := newTestApp(t, nil)
-	ta.createCustomer("CUST-1", "+254712345678", nil)
-	ids := ta.importOrders("CUST-1", 5, true)
-	dead := ta.otherWorker(&recordingSender{})
-	dead.lease = time.Second
-	claimedAt := time.Now()
-	if rows, err := dead.claim(t.Context(), 100); err != nil || len(rows) != len(ids) {
-		t.Fatalf("claimed: got %d rows, %v; want %d", len(rows), err, len(ids))
-	}
-	ta.startWorker(nil, time.Second)
-	time.Sleep(time.Until(claimedAt.Add(700 * time.Millisecond)))
-	if got := ta.senders["sms"].notices(); len(got) != 0 {
-		t.Fatalf("before the lease ended: got %d messages sent, want 0 (the rows are leased)", len(got))
-	}
-	eventually(t, 5*time.Second, "abandoned rows delivered", func() bool { return ta.count("notifications", "status = 'sent'") == len(ids) })
-	if elapsed := time.Since(claimedAt); elapsed < 900*time.Millisecond {
-		t.Errorf("delivered %v after the claim, want no sooner than the 1s lease", elapsed)
-	}
-	for id, n := range perOrder(ta.senders["sms"]) {
-		if n != 1 || ta.outbox(id).attempts != 2 {
-			t.Errorf("order %d: got %d deliveries and %d attempts, want 1 and 2 (the dead claim counts)", id, n, ta.outbox(id).attempts)
-		}
-	}
-}
-
 // slowSender takes d per message, or gives up with a retryable error when
 // ctx ends first; it counts the sends cancelled.
 type slowSender struct {
@@ -271,7 +243,7 @@ func TestOutboxLeasesAndStaleOutcomes(t *testing.T) {
 		if err != nil {
 			c.status = "pending"
 		}
-		w.recordBatch(t.Context(), []*claimed{c})
+		w.record(t.Context(), c, nil)
 	}
 	for _, err := range []error{nil, &SendError{Reason: "stale retryable"}} {
 		record(stale, first[0], err)

@@ -23,8 +23,6 @@ const (
 	// atMaxBody caps how much of a response is read; real answers are a few
 	// hundred bytes, so anything larger is not a reply worth parsing.
 	atMaxBody = 64 << 10
-	// atMaxReason caps a reason, which is stored and shown to staff.
-	atMaxReason = 200
 
 	// One SMS segment holds 160 GSM-7 septets, or 70 UTF-16 units when any
 	// character needs UCS-2. An item is never cut below smsMinItem
@@ -191,25 +189,10 @@ var atTransient = regexp.MustCompile(`(?i)insufficient ?balance|internal ?server
 
 // fail returns se with a reason fit to store and show to staff: bounded,
 // and free of the API key, which reaches it only if something echoes the key
-// back. The key is removed before the reason is cut, so no part of it stays.
+// back.
 func (a *africasTalking) fail(se SendError) *SendError {
-	se.Reason = storable(strings.ReplaceAll(se.Reason, a.apiKey, "[redacted]"))
+	se.Reason = storable(se.Reason, a.apiKey)
 	return &se
-}
-
-// storable returns s as valid UTF-8, control characters turned to spaces,
-// trimmed, and at most atMaxReason characters.
-func storable(s string) string {
-	s = strings.TrimSpace(strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, "\uFFFD")))
-	if r := []rune(s); len(r) > atMaxReason {
-		s = string(r[:atMaxReason-1]) + "…"
-	}
-	return s
 }
 
 // deliveryReport is what one Africa's Talking delivery report says of a message.
@@ -227,23 +210,22 @@ type deliveryReport struct {
 // MessageDeliveryRequest of SamuelMwangiW/africastalking-laravel checks).
 // Only id, status and failureReason matter here. Success is delivery; Failed,
 // Rejected, AbsentSubscriber and Expired are final failures; Sent, Submitted
-// and Buffered are steps on the way. A form without id or status, or with any
-// other status, is an error.
+// and Buffered are steps on the way. A form without id, or without one of
+// these statuses, is an error.
 func parseDeliveryReport(form url.Values) (deliveryReport, error) {
-	id, status := form.Get("id"), form.Get("status")
-	if id == "" || status == "" {
-		return deliveryReport{}, errors.New("a delivery report needs an id and a status")
-	}
-	r := deliveryReport{providerID: id}
-	switch status {
+	r := deliveryReport{providerID: form.Get("id")}
+	switch status := form.Get("status"); status {
 	case "Success":
 		r.status = "delivered"
 	case "Failed", "Rejected", "AbsentSubscriber", "Expired":
 		// "Failed: DeliveryFailure", or just "Failed" without a failureReason.
-		r.status, r.reason = "undelivered", storable(strings.TrimSuffix(status+": "+form.Get("failureReason"), ": "))
+		r.status, r.reason = "undelivered", storable(strings.TrimSuffix(status+": "+form.Get("failureReason"), ": "), "")
 	case "Sent", "Submitted", "Buffered":
 	default:
-		return deliveryReport{}, fmt.Errorf("%q is not a delivery report status", storable(status))
+		return deliveryReport{}, fmt.Errorf("%q is not a delivery report status", storable(status, ""))
+	}
+	if r.providerID == "" {
+		return deliveryReport{}, errors.New("a delivery report needs an id")
 	}
 	return r, nil
 }
