@@ -144,12 +144,11 @@ var errKeyReused = errors.New("the idempotency key was used for a different requ
 // key, if given, was not used before) inserts the orders, their outbox rows
 // and the key. A statement is atomic, so an order never exists without its
 // notification, nor a notification without its order. It answers one row per
-// order, in input order, saying what became of it.
+// order, in input order, saying what became of it. Its input comes through
+// placement_input, so that PostgreSQL plans it once (schema.sql says why).
 const placeSQL = `
 WITH input AS (
-	SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[],
-		$7::text[], $8::text[], $9::bool[])
-		WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
+	SELECT * FROM placement_input($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ), found AS (
 	SELECT i.n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
 		CASE WHEN a.recipient IS NULL AND NOT i.explicit THEN 'sms' ELSE i.channel END AS channel,
