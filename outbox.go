@@ -76,8 +76,8 @@ func newWorker(db *sql.DB, cs *channels, log *slog.Logger) *worker {
 
 // backoff is exponential with jitter: about 2 s, 4 s, 8 s ... capped at 30
 // minutes (each wait is drawn from the upper half of its step), so twenty
-// attempts ride out a provider outage of three to five hours, spread so that
-// a burst of failures does not retry in lockstep.
+// attempts ride out a provider outage of two and a half to five hours,
+// spread so that a burst of failures does not retry in lockstep.
 func backoff(attempt int) time.Duration {
 	d := min(2*time.Second<<min(attempt-1, 20), 30*time.Minute)
 	return d/2 + rand.N(d/2+1)
