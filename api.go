@@ -259,11 +259,39 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if mediaType(r) != "application/json" {
 		return &requestError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
-		return jsonError(err)
+		return err
 	}
 	return decodeStrict(body, v)
+}
+
+// largeBodies has a slot for each JSON body past smallBody bytes that may be
+// in memory at once. A body of a megabyte costs about three while decoded,
+// so that however many clients send them together (Fly's proxy lets 250
+// requests through), the service stays within its memory; bodies of a
+// normal size never wait for a slot.
+var largeBodies = make(chan struct{}, 16)
+
+const smallBody = 64 << 10
+
+// readBody reads r's body of at most maxBody bytes. Past smallBody bytes it
+// takes a slot of largeBodies, until the request ends, or answers 503.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, maxBody)
+	head, err := io.ReadAll(io.LimitReader(body, smallBody))
+	if err != nil || len(head) < smallBody {
+		return head, jsonError(err)
+	}
+	select {
+	case largeBodies <- struct{}{}:
+		context.AfterFunc(r.Context(), func() { <-largeBodies })
+	default:
+		return nil, &requestError{status: http.StatusServiceUnavailable, detail: "too many large bodies are being read; retry shortly"}
+	}
+	buf := bytes.NewBuffer(head)
+	_, err = buf.ReadFrom(body)
+	return buf.Bytes(), jsonError(err)
 }
 
 // decodeChecked decodes r's body into v with decodeJSON, then has check

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // generatedID is the form of the request ids the service makes.
@@ -213,5 +214,31 @@ func TestAPIOpenAPIMatchesRoutes(t *testing.T) {
 	slices.Sort(served)
 	if !slices.Equal(documented, served) {
 		t.Errorf("routes differ:\n served:     %v\n documented: %v", served, documented)
+	}
+}
+
+// A body past smallBody bytes needs one of largeBodies' slots, given back
+// when its request ends; with every slot taken it is 503, while a body of a
+// normal size is still served.
+func TestAPILargeBodiesAreBounded(t *testing.T) {
+	ta := newTestApp(t, nil)
+	for range cap(largeBodies) {
+		largeBodies <- struct{}{}
+	}
+	large := `{"code":"L-1","phone":"+254712345678","name":"` + strings.Repeat("x", smallBody) + `"}`
+	r := ta.do("POST", "/v1/customers", large).must(t, http.StatusServiceUnavailable)
+	if got := r.header.Get("Retry-After"); got != "5" {
+		t.Errorf("Retry-After: got %q, want 5", got)
+	}
+	ta.do("POST", "/v1/customers", map[string]any{"code": "L-2", "name": "A", "phone": "+254712345678"}).must(t, http.StatusCreated)
+
+	<-largeBodies
+	ta.do("POST", "/v1/customers", large).must(t, http.StatusUnprocessableEntity)
+	eventually(t, 5*time.Second, "the slot given back", func() bool { return len(largeBodies) == cap(largeBodies)-1 })
+	for range cap(largeBodies) - 1 {
+		<-largeBodies
+	}
+	if ta.count("customers") != 1 {
+		t.Errorf("customers: got %d, want only the one with a small body", ta.count("customers"))
 	}
 }
