@@ -238,7 +238,7 @@ func TestAPILargeBodiesAreBounded(t *testing.T) {
 	for range cap(largeBodies) - 1 {
 		<-largeBodies
 	}
-	if ta.count("customers") != 1 {
-		t.Errorf("customers: got %d, want only the one with a small body", ta.count("customers"))
+	if got := ta.count("customers"); got != 1 {
+		t.Errorf("customers: got %d, want only the one with a small body", got)
 	}
 }
