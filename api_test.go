@@ -113,7 +113,6 @@ func TestAPINotFoundAndMethodNotAllowed(t *testing.T) {
 
 func TestAPIBodyErrors(t *testing.T) {
 	ta := newTestApp(t, nil)
-	auth := map[string]string{"Authorization": "Bearer " + ta.token}
 	cases := []struct {
 		name        string
 		body        string
@@ -140,7 +139,7 @@ func TestAPIBodyErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := ta.count("customers")
-			r := ta.request("POST", "/v1/customers", tc.body, tc.contentType, auth).must(t, tc.status)
+			r := ta.send("POST", "/v1/customers", tc.body, tc.contentType).must(t, tc.status)
 			if tc.status == 201 {
 				return
 			}

@@ -199,7 +199,12 @@ func (r response) must(t testing.TB, status int) response {
 // do sends a request with the app's all-scopes token; body is JSON-encoded
 // unless it is a string or []byte, sent as is.
 func (ta *testApp) do(method, path string, body any) response {
-	return ta.request(method, path, body, "application/json", map[string]string{"Authorization": "Bearer " + ta.token})
+	return ta.send(method, path, body, "application/json")
+}
+
+// send is do with a body of the content type.
+func (ta *testApp) send(method, path string, body any, contentType string) response {
+	return ta.request(method, path, body, contentType, map[string]string{"Authorization": "Bearer " + ta.token})
 }
 
 func (ta *testApp) request(method, path string, body any, contentType string, headers map[string]string) response {

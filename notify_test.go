@@ -151,8 +151,7 @@ func TestNotifyRouting(t *testing.T) {
 		}
 		var res importResult
 		csv := "customer_code,item,amount\nC-MAIL,lab-panel,10.00\nC-MAIL,kit,11.00\nC-NOMAIL,lab-panel,12.00\nC-NOMAIL,kit,13.00\n"
-		ta.request("POST", "/v1/orders/import", csv, "text/csv", map[string]string{"Authorization": "Bearer " + ta.token}).
-			must(t, http.StatusCreated).json(t, &res)
+		ta.send("POST", "/v1/orders/import", csv, "text/csv").must(t, http.StatusCreated).json(t, &res)
 		for i, want := range []string{"email amina@example.com", "sms " + withEmail.Phone, "sms " + noEmail.Phone, "sms " + noEmail.Phone} {
 			if n := ta.settled(res.IDs[i]); n.channel+" "+n.recipient != want {
 				t.Errorf("imported order %d: got %s %s, want %s", i, n.channel, n.recipient, want)

@@ -234,9 +234,7 @@ func TestOrdersImport(t *testing.T) {
 	ta := newTestApp(t, nil)
 	a := ta.createCustomer("A", "+254712345678", ptr("a@example.com"))
 	ta.createCustomer("B", "+254712345679", nil)
-	csvImport := func(query, body string) response {
-		return ta.request("POST", "/v1/orders/import"+query, body, "text/csv", map[string]string{"Authorization": "Bearer " + ta.token})
-	}
+	csvImport := func(query, body string) response { return ta.send("POST", "/v1/orders/import"+query, body, "text/csv") }
 
 	var res importResult
 	csvImport("", "customer_code,item,amount\nA,kit,12.50\nB,panel,3\n").must(t, http.StatusCreated).json(t, &res)
