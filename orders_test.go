@@ -147,33 +147,27 @@ func TestOrdersPlacedInOneStatement(t *testing.T) {
 	traced := *ta.server
 	traced.store = &store{db: stdlib.OpenDB(*cfg)}
 	defer traced.store.close()
-	srv := httptest.NewServer(traced.auth.require("orders:write", http.HandlerFunc(traced.handleCreateOrder)))
+	srv := httptest.NewServer(traced.routes())
 	defer srv.Close()
-	importSrv := httptest.NewServer(traced.auth.require("orders:write", http.HandlerFunc(traced.handleImportOrders)))
-	defer importSrv.Close()
+	via := *ta // the app, served on the traced connections
+	via.url = srv.URL
 	body := fmt.Sprintf(`{"customer_id":%d,"item":"kit","amount":"1.00"}`, c.ID)
 	for _, tc := range []struct {
-		name, url, body, key string
-		want                 int64
+		name, path, body, key string
+		want                  int64
 	}{
-		{"no key", srv.URL, body, "", 1},
-		{"a new key", srv.URL, body, "key-1", 1},
-		{"a replay reads the first order", srv.URL, body, "key-1", 3},
-		{"an import of three", importSrv.URL, "[" + body + "," + body + "," + body + "]", "", 1},
+		{"no key", "/v1/orders", body, "", 1},
+		{"a new key", "/v1/orders", body, "key-1", 1},
+		{"a replay reads the first order", "/v1/orders", body, "key-1", 3},
+		{"an import of three", "/v1/orders/import", "[" + body + "," + body + "," + body + "]", "", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("POST", tc.url, strings.NewReader(tc.body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+ta.token)
+			headers := map[string]string{"Authorization": "Bearer " + ta.token}
 			if tc.key != "" {
-				req.Header.Set("Idempotency-Key", tc.key)
+				headers["Idempotency-Key"] = tc.key
 			}
 			before := counter.n.Load()
-			res, err := http.DefaultClient.Do(req)
-			if err != nil || res.StatusCode != http.StatusCreated {
-				t.Fatalf("got %v %v, want 201", res, err)
-			}
-			res.Body.Close()
+			via.request("POST", tc.path, tc.body, "application/json", headers).must(t, http.StatusCreated)
 			if got := counter.n.Load() - before; got != tc.want {
 				t.Errorf("statements: got %d, want %d", got, tc.want)
 			}
