@@ -15,9 +15,7 @@ func TestCustomersCreateGetPatchDelete(t *testing.T) {
 	}).must(t, http.StatusCreated)
 	var c customer
 	r.json(t, &c)
-	if want := fmt.Sprintf("/v1/customers/%d", c.ID); r.header.Get("Location") != want {
-		t.Errorf("Location: got %q, want %q", r.header.Get("Location"), want)
-	}
+	equal(t, "Location", r.header.Get("Location"), fmt.Sprintf("/v1/customers/%d", c.ID))
 	if c.Code != "CUST-0007" || c.Name != "Amina Njoroge" || c.Phone != "+254712345678" || c.Email == nil || *c.Email != "amina@example.com" || c.CreatedBy != "staff-1" {
 		t.Errorf("created: got %+v", c)
 	}
@@ -136,9 +134,7 @@ func TestCustomersValidation(t *testing.T) {
 			}
 		})
 	}
-	if n := ta.count("customers"); n != 0 {
-		t.Errorf("customers after refused creates: got %d, want 0", n)
-	}
+	equal(t, "customers after refused creates", ta.count("customers"), 0)
 	// The shortest and longest E.164 numbers, an empty e-mail and names in
 	// scripts that join with zero-width characters are fine.
 	ta.createCustomer("MIN", "+25471234", nil)
@@ -159,9 +155,7 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 		t.Fatalf("orders: got %d and more_orders %v, want 3 and null", len(got.Orders), got.MoreOrders)
 	}
 	for i, want := range []string{"2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"} {
-		if g := got.Orders[i].Time.Format(time.RFC3339); g != want {
-			t.Errorf("order %d time: got %s, want %s", i, g, want)
-		}
+		equal(t, fmt.Sprint("order ", i, " time"), got.Orders[i].Time.Format(time.RFC3339), want)
 	}
 	var page listPage[customer]
 	ta.do("GET", "/v1/customers", nil).must(t, http.StatusOK).json(t, &page)
@@ -292,9 +286,7 @@ func TestCustomersImport(t *testing.T) {
 			}
 		})
 	}
-	if after := ta.count("customers"); after != before {
-		t.Errorf("customers after refused imports: got %d, want %d", after, before)
-	}
+	equal(t, "customers after refused imports", ta.count("customers"), before)
 	t.Run("errors are capped and counted", func(t *testing.T) {
 		p := ta.do("POST", "/v1/customers/import", "["+strings.Repeat("{},", maxImportRows-1)+"{}]").must(t, http.StatusUnprocessableEntity).problem(t)
 		if len(p.Errors) != maxFieldErrors || p.Detail != "30000 problems; the first 100 are listed" || p.Errors[99].Pointer != "#/33/code" {

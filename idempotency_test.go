@@ -68,9 +68,7 @@ func TestIdempotencyReplay(t *testing.T) {
 			t.Errorf("order for staff-2: got %+v, want a new one created by staff-2", theirs)
 		}
 		// Each subject's replay still finds its own order.
-		if again := post(t, other, "key-shared", base, http.StatusCreated, 0); again.ID != theirs.ID {
-			t.Errorf("staff-2 replay: got %d, want %d", again.ID, theirs.ID)
-		}
+		equal(t, "staff-2 replay", post(t, other, "key-shared", base, http.StatusCreated, 0).ID, theirs.ID)
 	})
 	t.Run("key length", func(t *testing.T) {
 		for _, tt := range []struct {
@@ -167,9 +165,7 @@ func TestIdempotencyConcurrent(t *testing.T) {
 			t.Errorf("round %d: got %d orders and %d notifications, want %d and %d", round, got, gotNotes, orders+1, notes+1)
 		}
 	}
-	if got := ta.count("idempotency_keys"); got != 3 {
-		t.Errorf("idempotency keys: got %d, want 3", got)
-	}
+	equal(t, "idempotency keys", ta.count("idempotency_keys"), 3)
 }
 
 // Keys are kept 48 hours, the contract's 24 and more, then forgotten.
@@ -187,19 +183,13 @@ func TestIdempotencyPurge(t *testing.T) {
 	}
 	ta.worker.purgeIdempotencyKeys(t.Context())
 	for key, age := range ages {
-		if kept, want := ta.count("idempotency_keys", "key = $1", key) == 1, age <= 48*time.Hour; kept != want {
-			t.Errorf("key %s aged %v: got kept=%v, want %v", key, age, kept, want)
-		}
+		equal(t, fmt.Sprintf("key %s aged %v kept", key, age), ta.count("idempotency_keys", "key = $1", key) == 1, age <= 48*time.Hour)
 	}
-	if got := ta.count("orders"); got != len(ages) {
-		t.Errorf("orders: got %d, want %d (purging keys keeps orders)", got, len(ages))
-	}
+	equal(t, "orders (purging keys keeps orders)", ta.count("orders"), len(ages))
 	// A purged key is free again; a kept one still guards its order.
 	other := strings.Replace(body, `"kit"`, `"panel"`, 1)
 	ta.postKeyed(ta.token, ptr("key-49h"), other)
 	r, _ := ta.postKeyed(ta.token, ptr("key-47h"), other)
 	r.must(t, http.StatusUnprocessableEntity)
-	if got := ta.count("orders"); got != len(ages)+1 {
-		t.Errorf("orders after reusing a purged key: got %d, want %d", got, len(ages)+1)
-	}
+	equal(t, "orders after reusing a purged key", ta.count("orders"), len(ages)+1)
 }

@@ -158,9 +158,7 @@ func TestNotifyRouting(t *testing.T) {
 			}
 		}
 		for id, n := range perOrder(ta.senders["sms"], ta.senders["email"]) {
-			if n != 1 {
-				t.Errorf("order %d: got %d messages, want 1", id, n)
-			}
+			equal(t, fmt.Sprint("messages for order ", id), n, 1)
 		}
 	})
 }
@@ -170,9 +168,7 @@ func TestNotifyRouting(t *testing.T) {
 func TestNotifyLogSender(t *testing.T) {
 	ta := newTestApp(t, map[string]string{"KEEP_SENDERS": "1"})
 	for _, want := range []string{"AT_USERNAME is not set: SMS notifications are written to the log", "SMTP_URL is not set: e-mail notifications are written to the log"} {
-		if len(logLines(t, ta.logs.String(), "level", "WARN", "msg", want+", not sent")) != 1 {
-			t.Errorf("start-up warnings lack %q", want)
-		}
+		equal(t, fmt.Sprintf("start-up warnings %q", want), len(logLines(t, ta.logs.String(), "level", "WARN", "msg", want+", not sent")), 1)
 	}
 	ta.startWorker(nil, time.Second)
 	c := ta.createCustomer("CUST-LOG", "+254712345678", ptr("amina@example.com"))
@@ -241,9 +237,7 @@ func TestNotifyEndToEndSMS(t *testing.T) {
 		{"no secret", ta.url + "/hooks/africastalking/", r.messageID, "Failed", "", 404},
 		{"no AT_CALLBACK_SECRET configured", other.url + "/hooks/africastalking/" + secret, r.messageID, "Success", "", 404},
 	} {
-		if code := fake.report(t, tc.url, tc.id, tc.status, tc.reason); code != tc.code {
-			t.Errorf("%s: got %d, want %d", tc.name, code, tc.code)
-		}
+		equal(t, tc.name, fake.report(t, tc.url, tc.id, tc.status, tc.reason), tc.code)
 	}
 	for body, status := range map[string]int{`{"id":"x","status":"Success"}`: 415, "status=Success&id=" + strings.Repeat("x", 64<<10): 400} {
 		contentType := map[int]string{415: "application/json", 400: "application/x-www-form-urlencoded"}[status]

@@ -17,12 +17,8 @@ func TestNumbersCRUD(t *testing.T) {
 		t.Errorf("wire format:\n got  %s\n want %s", got, want)
 	}
 	loc := r.header.Get("Location")
-	if loc != fmt.Sprintf("/v1/numbers/%d", n.ID) {
-		t.Errorf("Location: got %q", loc)
-	}
-	if got := strings.TrimSpace(string(ta.do("GET", loc, nil).must(t, http.StatusOK).body)); got != want {
-		t.Errorf("get: got %s, want %s", got, want)
-	}
+	equal(t, "Location", loc, fmt.Sprintf("/v1/numbers/%d", n.ID))
+	equal(t, "get", strings.TrimSpace(string(ta.do("GET", loc, nil).must(t, http.StatusOK).body)), want)
 
 	t.Run("same digits conflict", func(t *testing.T) {
 		for _, v := range []string{"+5584912344321", "55 (84) 91234.4321"} {
@@ -101,9 +97,7 @@ func TestNumbersValidation(t *testing.T) {
 			checkPointers(t, p, tc.pointers...)
 		})
 	}
-	if n := ta.count("phone_numbers"); n != 0 {
-		t.Errorf("numbers after refused creates: got %d, want 0", n)
-	}
+	equal(t, "numbers after refused creates", ta.count("phone_numbers"), 0)
 	// Both spellings with one value are accepted.
 	ta.do("POST", "/v1/numbers", map[string]any{"value": "+5584912344321", "monthyPrice": "1", "monthlyPrice": "1", "setupPrice": "1", "currency": "€"}).must(t, http.StatusCreated)
 }

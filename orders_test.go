@@ -23,9 +23,7 @@ func TestOrdersCreate(t *testing.T) {
 		r := ta.do("POST", "/v1/orders", map[string]any{"customer_id": c.ID, "item": "whole-exome-sequencing", "amount": "1250.00"}).must(t, http.StatusCreated)
 		var o order
 		r.json(t, &o)
-		if r.header.Get("Location") != fmt.Sprintf("/v1/orders/%d", o.ID) {
-			t.Errorf("Location: got %q", r.header.Get("Location"))
-		}
+		equal(t, "Location", r.header.Get("Location"), fmt.Sprintf("/v1/orders/%d", o.ID))
 		if o.CustomerID != c.ID || o.Item != "whole-exome-sequencing" || o.Amount != 125000 || o.Currency != "KES" || o.CreatedBy != "staff-1" {
 			t.Errorf("order: got %+v", o)
 		}
@@ -118,9 +116,7 @@ func TestOrdersCreate(t *testing.T) {
 		t.Errorf("refused orders changed the database")
 	}
 	// Nor did they take order ids: the next order's id follows the last one's.
-	if next := ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}); next.ID != last.ID+1 {
-		t.Errorf("order ids: got %d after %d", next.ID, last.ID)
-	}
+	equal(t, "the next order id", ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}).ID, last.ID+1)
 }
 
 // statementCounter counts the statements a connection sends.
@@ -168,9 +164,7 @@ func TestOrdersPlacedInOneStatement(t *testing.T) {
 			}
 			before := counter.n.Load()
 			via.request("POST", tc.path, tc.body, "application/json", headers).must(t, http.StatusCreated)
-			if got := counter.n.Load() - before; got != tc.want {
-				t.Errorf("statements: got %d, want %d", got, tc.want)
-			}
+			equal(t, "statements", counter.n.Load()-before, tc.want)
 		})
 	}
 }
@@ -199,9 +193,7 @@ func TestOrdersListAndFilters(t *testing.T) {
 		{fmt.Sprintf("/v1/orders?customer_code=B&customer_id=%d", a.ID), ""},
 		{"/v1/orders?customer_code=NOBODY", ""},
 	} {
-		if got := items(tc.path); got != tc.want {
-			t.Errorf("%s: got %q, want %q", tc.path, got, tc.want)
-		}
+		equal(t, tc.path, items(tc.path), tc.want)
 	}
 	for _, path := range []string{"/v1/orders?customer_id=abc", "/v1/orders?customer_id=0", "/v1/orders?customer_code=bad%20code"} {
 		p := ta.do("GET", path, nil).must(t, http.StatusUnprocessableEntity).problem(t)
@@ -239,9 +231,7 @@ func TestOrdersImport(t *testing.T) {
 		t.Errorf("first imported order: got %+v", o)
 	}
 	csvImport("?notify=false", "customer_id,item,amount,currency,time,channel\n"+fmt.Sprint(a.ID)+",kit,1,USD,2026-01-01T00:00:00Z,email\n").must(t, http.StatusCreated).json(t, &res)
-	if ta.count("notifications") != 2 {
-		t.Errorf("notify=false queued a notification")
-	}
+	equal(t, "notifications after an import with notify=false", ta.count("notifications"), 2)
 	ta.do("POST", "/v1/orders/import", []map[string]any{{"customer_code": "A", "item": "j", "amount": 2}}).must(t, http.StatusCreated)
 	if ta.count("orders") != 4 || ta.count("notifications") != 3 {
 		t.Errorf("after JSON import: %d orders, %d notifications; want 4 and 3", ta.count("orders"), ta.count("notifications"))
@@ -267,7 +257,5 @@ func TestOrdersImport(t *testing.T) {
 	checkPointers(t, p, "#/1/customer_id")
 	csvImport("?notify=maybe", "customer_code,item,amount\nA,kit,1\n").must(t, http.StatusUnprocessableEntity).problem(t)
 	csvImport("", "customer_id,item,amount\nabc,kit,1\n").must(t, http.StatusUnprocessableEntity).problem(t)
-	if ta.count("orders") != before {
-		t.Errorf("orders after refused imports: got %d, want %d", ta.count("orders"), before)
-	}
+	equal(t, "orders after refused imports", ta.count("orders"), before)
 }

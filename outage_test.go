@@ -161,8 +161,6 @@ func TestDatabaseUnavailableClassification(t *testing.T) {
 		{fmt.Errorf("reading the reply: %w", io.ErrUnexpectedEOF), true},
 		{errNotFound, false},
 	} {
-		if got := databaseUnavailable(tc.err); got != tc.want {
-			t.Errorf("%v: got %v, want %v", tc.err, got, tc.want)
-		}
+		equal(t, fmt.Sprint(tc.err), databaseUnavailable(tc.err), tc.want)
 	}
 }
