@@ -278,9 +278,7 @@ func TestAuthRoutes(t *testing.T) {
 func newTestKeySet(t *testing.T) (*fakeOIDC, *keySet, func(time.Duration), func() int64) {
 	f := newFakeOIDC(t)
 	ks, err := newKeySet(f.url+"/jwks", &http.Client{Timeout: 5 * time.Second}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	var ahead atomic.Int64
 	ks.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 	return f, ks, func(d time.Duration) { ahead.Add(int64(d)) }, func() int64 { return f.jwksHits.Swap(0) }
@@ -430,9 +428,7 @@ func TestKeySet(t *testing.T) {
 func TestAuthTokenCache(t *testing.T) {
 	f := newFakeOIDC(t)
 	a, err := newAuthenticator(t.Context(), f.url, []string{f.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	short := f.claims("short")
 	short["exp"] = time.Now().Add(30 * time.Second).Unix()
 	for tok, until := range map[string]time.Time{f.token(t, "long"): time.Now().Add(tokenCacheTTL), f.sign(t, short): time.Unix(short["exp"].(int64), 0)} {

@@ -16,9 +16,7 @@ func BenchmarkDecodeOrder(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var in orderInput
-		if err := decodeStrict(body, &in); err != nil {
-			b.Fatal(err)
-		}
+		fatalIf(b, decodeStrict(body, &in))
 		c := newChecker()
 		in.check(now, fuzzChannels, c)
 		if c.err() != nil {
@@ -43,9 +41,7 @@ func BenchmarkCursor(b *testing.B) {
 func BenchmarkVerifyToken(b *testing.B) {
 	iss := newFakeOIDC(b)
 	auth, err := newAuthenticator(context.Background(), iss.url, []string{iss.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
+	fatalIf(b, err)
 	for _, kid := range []string{"rsa-1", "ec-1"} {
 		key := testKey(kid)
 		tok := iss.sign(b, iss.claims("bench", allScopes...), withKey(key))

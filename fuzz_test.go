@@ -51,9 +51,7 @@ const fuzzJWSAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 func FuzzBearerToken(f *testing.F) {
 	iss := newFakeOIDC(f)
 	auth, err := newAuthenticator(context.Background(), iss.url, []string{iss.audience}, &http.Client{Timeout: 5 * time.Second}, 5*time.Second, slog.New(slog.DiscardHandler))
-	if err != nil {
-		f.Fatal(err)
-	}
+	fatalIf(f, err)
 	var reached atomic.Bool
 	handler := auth.require("customers:read", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached.Store(true)

@@ -64,9 +64,7 @@ func testSchemaURL(t testing.TB) string {
 	}
 	t.Cleanup(func() { testDB.Exec("DROP SCHEMA " + schema + " CASCADE") })
 	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	q := u.Query()
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
@@ -121,14 +119,10 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 		vars[k] = v
 	}
 	cfg, err := loadConfig(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	logs := &syncBuffer{}
 	a, err := newApp(t.Context(), cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	t.Cleanup(a.close)
 	ta := &testApp{app: a, t: t, issuer: iss, token: iss.token(t, "staff-1", allScopes...), logs: logs, senders: map[string]*recordingSender{}}
 	if vars["KEEP_SENDERS"] == "" {
@@ -218,15 +212,11 @@ func (ta *testApp) request(method, path string, body any, contentType string, he
 		rd = bytes.NewReader(b)
 	default:
 		j, err := json.Marshal(b)
-		if err != nil {
-			ta.t.Fatal(err)
-		}
+		fatalIf(ta.t, err)
 		rd = bytes.NewReader(j)
 	}
 	req, err := http.NewRequest(method, ta.url+path, rd)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	if rd != nil && contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -234,14 +224,10 @@ func (ta *testApp) request(method, path string, body any, contentType string, he
 		req.Header.Set(k, v)
 	}
 	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	return response{status: res.StatusCode, header: res.Header, body: b}
 }
 
@@ -297,9 +283,7 @@ func (ta *testApp) count(table string, where ...any) int {
 		query += " WHERE " + where[0].(string)
 	}
 	var n int
-	if err := ta.store.db.QueryRow(query, where[min(1, len(where)):]...).Scan(&n); err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, ta.store.db.QueryRow(query, where[min(1, len(where)):]...).Scan(&n))
 	return n
 }
 
@@ -425,11 +409,17 @@ func (ta *testApp) requestLog(id string) map[string]any {
 func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fatalIf(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// fatalIf stops the test on an error it cannot go on from.
+func fatalIf(t testing.TB, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // equal fails the test, which goes on, unless got is want; what names the

@@ -22,13 +22,9 @@ func newTestMailer(t testing.TB, srv *smtpFake, rawURL string, timeout time.Dura
 	t.Helper()
 	srv.start(t)
 	cfg, err := parseSMTPURL(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	m, err := newSMTPMailer(cfg, testFrom, timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	_, m.tlsConfig.RootCAs = testCert()
 	m.addr, m.hostname = srv.ln.Addr().String(), "mailer.shop.example"
 	return m

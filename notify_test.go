@@ -104,9 +104,7 @@ func TestNotifyRouting(t *testing.T) {
 		{"no rule matching sends nothing", "lab-*=email", "", withEmail, "", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := ta.server.channels.setRules(tt.rules); err != nil {
-				t.Fatal(err)
-			}
+			fatalIf(t, ta.server.channels.setRules(tt.rules))
 			body := map[string]any{"customer_id": tt.c.ID, "item": "kit", "amount": "10.00"}
 			if tt.override != "" {
 				body["channel"] = tt.override
@@ -141,9 +139,7 @@ func TestNotifyRouting(t *testing.T) {
 	})
 
 	t.Run("imports", func(t *testing.T) {
-		if err := ta.server.channels.setRules("lab-*=email,*=sms"); err != nil {
-			t.Fatal(err)
-		}
+		fatalIf(t, ta.server.channels.setRules("lab-*=email,*=sms"))
 		for _, id := range ta.importOrders("C-MAIL", 3, false) {
 			if n := ta.getOrder(id).Notification; n != nil {
 				t.Errorf("order %d imported with notify=false: got notification %+v, want null", id, *n)

@@ -135,9 +135,7 @@ func TestOrdersPlacedInOneStatement(t *testing.T) {
 	ta := newTestApp(t, nil)
 	c := ta.createCustomer("CUST-1", "+254712345678", nil)
 	cfg, err := pgx.ParseConfig(ta.cfg.databaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	counter := &statementCounter{}
 	cfg.Tracer = counter
 	traced := *ta.server

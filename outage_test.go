@@ -38,13 +38,9 @@ func (p *tcpProxy) setCut(cut bool) {
 // proxiedDB opens a pool to dbURL through a proxy that can cut it off.
 func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	p, target := &tcpProxy{}, u.Host
 	t.Cleanup(func() { ln.Close(); p.setCut(true) })
 	go func() {
@@ -66,9 +62,7 @@ func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 	}()
 	u.Host = ln.Addr().String()
 	db, err := sql.Open("pgx", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	t.Cleanup(func() { db.Close() })
 	return p, db
 }

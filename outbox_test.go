@@ -105,9 +105,7 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 // connection pool and senders (every channel sends through s).
 func (ta *testApp) otherWorker(s Sender) *worker {
 	db, err := sql.Open("pgx", ta.cfg.databaseURL)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	ta.t.Cleanup(func() { db.Close() })
 	cs := newChannels()
 	for name, ch := range ta.server.channels.byName {
