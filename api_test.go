@@ -138,9 +138,7 @@ func TestAPIBodyErrors(t *testing.T) {
 				return
 			}
 			p := r.problem(t)
-			if !strings.Contains(p.Detail, tc.detail) {
-				t.Errorf("detail: got %q, want it to contain %q", p.Detail, tc.detail)
-			}
+			contains(t, "detail", p.Detail, tc.detail)
 			if tc.pointer != "" && (len(p.Errors) != 1 || p.Errors[0].Pointer != tc.pointer) {
 				t.Errorf("errors: got %+v, want one at %s", p.Errors, tc.pointer)
 			}

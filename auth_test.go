@@ -189,9 +189,8 @@ func TestAuthTokens(t *testing.T) {
 			var created, stored customer
 			send("POST", "/v1/customers", "customers:write", granted).json(t, &created)
 			send("GET", fmt.Sprint("/v1/customers/", created.ID), "customers:read", http.StatusOK).json(t, &stored)
-			if created.CreatedBy != "granted" || stored.CreatedBy != "granted" {
-				t.Errorf("created_by in the answer and read back: got %q and %q, want granted", created.CreatedBy, stored.CreatedBy)
-			}
+			equal(t, "created_by in the answer", created.CreatedBy, "granted")
+			equal(t, "created_by read back", stored.CreatedBy, "granted")
 		})
 	}
 	equal(t, "customers created by refused tokens", ta.count("customers", "created_by <> 'granted'"), 0)

@@ -431,6 +431,14 @@ func equal[T comparable](t testing.TB, what string, got, want T) {
 	}
 }
 
+// contains fails the test, which goes on, unless s holds sub; what names s.
+func contains(t testing.TB, what, s, sub string) {
+	t.Helper()
+	if !strings.Contains(s, sub) {
+		t.Errorf("%s: got %q, want it to contain %q", what, s, sub)
+	}
+}
+
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()

@@ -43,9 +43,8 @@ func TestIdempotencyReplay(t *testing.T) {
 		} else if loc := r.header.Get("Location"); loc != fmt.Sprint("/v1/orders/", o.ID) {
 			t.Errorf("Location: got %q for order %d", loc, o.ID)
 		}
-		if got, gotNotes := ta.count("orders"), ta.count("notifications"); got != orders+newOrders || gotNotes != notes+newOrders {
-			t.Errorf("orders and notifications: got %d and %d, want %d and %d", got, gotNotes, orders+newOrders, notes+newOrders)
-		}
+		equal(t, "orders", ta.count("orders"), orders+newOrders)
+		equal(t, "notifications", ta.count("notifications"), notes+newOrders)
 		return o
 	}
 
@@ -161,9 +160,8 @@ func TestIdempotencyConcurrent(t *testing.T) {
 				t.Errorf("round %d client %d: got %d, order %d at %q; want 201, order %d", round, i, statuses[i], ids[i], locations[i], ids[0])
 			}
 		}
-		if got, gotNotes := ta.count("orders"), ta.count("notifications"); got != orders+1 || gotNotes != notes+1 {
-			t.Errorf("round %d: got %d orders and %d notifications, want %d and %d", round, got, gotNotes, orders+1, notes+1)
-		}
+		equal(t, fmt.Sprint("round ", round, " orders"), ta.count("orders"), orders+1)
+		equal(t, fmt.Sprint("round ", round, " notifications"), ta.count("notifications"), notes+1)
 	}
 	equal(t, "idempotency keys", ta.count("idempotency_keys"), 3)
 }

@@ -253,13 +253,11 @@ func TestSMTPMailerSendConcurrently(t *testing.T) {
 	for _, msg := range got {
 		h, _ := parseMail(t, msg.data)
 		ids[h.Get("Message-ID")] = true
-		if msg.ehlo != "[127.0.0.1]" || msg.auth != "LOGIN" {
-			t.Errorf("got EHLO %q and AUTH %q, want [127.0.0.1] and LOGIN", msg.ehlo, msg.auth)
-		}
+		equal(t, "EHLO", msg.ehlo, "[127.0.0.1]")
+		equal(t, "AUTH", msg.auth, "LOGIN")
 	}
-	if len(ids) != n || len(got) != n {
-		t.Errorf("got %d distinct Message-IDs in %d messages, want %d in %d", len(ids), len(got), n, n)
-	}
+	equal(t, "messages", len(got), n)
+	equal(t, "distinct Message-IDs", len(ids), n)
 }
 
 // expiredCtx has a deadline that has passed but has not noticed yet, as

@@ -171,9 +171,8 @@ func TestNotifyLogSender(t *testing.T) {
 	for ch, render := range map[string]func(notice) string{"sms": smsText, "email": mailText} {
 		o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit-" + ch, "amount": "10.00", "channel": ch})
 		n := ta.settled(o.ID)
-		if n.status != "sent" || n.providerID.String != fmt.Sprint("log-", o.ID) {
-			t.Errorf("%s: got %s with provider id %q, want sent with log-%d", ch, n.status, n.providerID.String, o.ID)
-		}
+		equal(t, ch+" status", n.status, "sent")
+		equal(t, ch+" provider id", n.providerID.String, fmt.Sprint("log-", o.ID))
 		want := render(notice{OrderID: o.ID, To: n.recipient, Name: c.Name, Item: o.Item, Amount: o.Amount, Currency: o.Currency, Time: o.Time})
 		if lines := logLines(t, ta.logs.String(), "order_id", o.ID, "channel", ch, "to", n.recipient, "message", want); len(lines) != 1 {
 			t.Errorf("%s: got %d log lines with the message, want 1; log:\n%s", ch, len(lines), ta.logs.String())

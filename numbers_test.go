@@ -23,9 +23,7 @@ func TestNumbersCRUD(t *testing.T) {
 	t.Run("same digits conflict", func(t *testing.T) {
 		for _, v := range []string{"+5584912344321", "55 (84) 91234.4321"} {
 			p := ta.do("POST", "/v1/numbers", map[string]any{"value": v, "monthlyPrice": "1", "setupPrice": "1", "currency": "USD"}).must(t, http.StatusConflict).problem(t)
-			if !strings.Contains(p.Detail, "same digits") {
-				t.Errorf("detail: got %q, want it to say the digits are taken", p.Detail)
-			}
+			contains(t, "detail", p.Detail, "same digits")
 		}
 	})
 

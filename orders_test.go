@@ -30,9 +30,7 @@ func TestOrdersCreate(t *testing.T) {
 		if o.Time.Before(before) || o.Time.After(time.Now().Add(time.Second)) || o.Time.Location() != time.UTC {
 			t.Errorf("time: got %v, want now in UTC", o.Time)
 		}
-		if !strings.Contains(string(r.body), `"amount":"1250.00"`) {
-			t.Errorf("amount is not a two-place string: %s", r.body)
-		}
+		contains(t, "the order, its amount a two-place string", string(r.body), `"amount":"1250.00"`)
 		if o.Notification == nil || o.Notification.Channel != "sms" || o.Notification.Status != "pending" {
 			t.Errorf("notification: got %+v, want pending sms", o.Notification)
 		}
@@ -57,9 +55,7 @@ func TestOrdersCreate(t *testing.T) {
 
 	t.Run("channel none", func(t *testing.T) {
 		r := ta.do("POST", "/v1/orders", map[string]any{"customer_id": c.ID, "item": "x", "amount": 0, "channel": "none"}).must(t, http.StatusCreated)
-		if !strings.Contains(string(r.body), `"notification":null`) {
-			t.Errorf("body: got %s, want notification null", r.body)
-		}
+		contains(t, "body", string(r.body), `"notification":null`)
 	})
 
 	t.Run("the edges of the time range", func(t *testing.T) {
@@ -112,9 +108,8 @@ func TestOrdersCreate(t *testing.T) {
 	if p.Detail != `customer_id must be a JSON number, not string` || len(p.Errors) != 1 || p.Errors[0].Pointer != "#/customer_id" {
 		t.Errorf("customer_id as a string: got %q %+v, want a JSON number at #/customer_id", p.Detail, p.Errors)
 	}
-	if ta.count("orders") != orders || ta.count("notifications") != notifications {
-		t.Errorf("refused orders changed the database")
-	}
+	equal(t, "orders after the refused ones", ta.count("orders"), orders)
+	equal(t, "notifications after the refused orders", ta.count("notifications"), notifications)
 	// Nor did they take order ids: the next order's id follows the last one's.
 	equal(t, "the next order id", ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}).ID, last.ID+1)
 }
@@ -208,9 +203,7 @@ func TestOrdersListAndFilters(t *testing.T) {
 	}
 	for _, path := range []string{"/v1/orders", fmt.Sprint("/v1/customers/", a.ID), "/v1/customers"} {
 		r := ta.do("GET", path, nil).must(t, http.StatusInternalServerError)
-		if line := ta.requestLog(r.header.Get("X-Request-Id")); !strings.Contains(fmt.Sprint(line["error"]), "encoding the response") {
-			t.Errorf("%s: log line %v, want the encoding error", path, line)
-		}
+		contains(t, path+": the logged error", fmt.Sprint(ta.requestLog(r.header.Get("X-Request-Id"))["error"]), "encoding the response")
 	}
 }
 
@@ -231,9 +224,8 @@ func TestOrdersImport(t *testing.T) {
 	csvImport("?notify=false", "customer_id,item,amount,currency,time,channel\n"+fmt.Sprint(a.ID)+",kit,1,USD,2026-01-01T00:00:00Z,email\n").must(t, http.StatusCreated).json(t, &res)
 	equal(t, "notifications after an import with notify=false", ta.count("notifications"), 2)
 	ta.do("POST", "/v1/orders/import", []map[string]any{{"customer_code": "A", "item": "j", "amount": 2}}).must(t, http.StatusCreated)
-	if ta.count("orders") != 4 || ta.count("notifications") != 3 {
-		t.Errorf("after JSON import: %d orders, %d notifications; want 4 and 3", ta.count("orders"), ta.count("notifications"))
-	}
+	equal(t, "orders after the JSON import", ta.count("orders"), 4)
+	equal(t, "notifications after the JSON import", ta.count("notifications"), 3)
 
 	before := ta.count("orders")
 	p := csvImport("", "customer_code,item,amount,time\nA,kit,1,\nNOPE,kit,1,\nB,kit,-1,\nB,kit,1,10000-01-01T00:00:00Z\nB,,x,\n").must(t, http.StatusUnprocessableEntity).problem(t)
