@@ -69,11 +69,8 @@ func TestAPIRequestID(t *testing.T) {
 	}
 	for _, tc := range cases {
 		got := ta.request("GET", "/healthz", nil, "", map[string]string{"X-Request-Id": tc.sent}).header.Get("X-Request-Id")
-		if tc.keep && got != tc.sent {
-			t.Errorf("sent %q: got %q, want it kept", tc.sent, got)
-		}
-		if !tc.keep && !generatedID.MatchString(got) {
-			t.Errorf("sent %q: got %q, want a fresh 32-hex id", tc.sent, got)
+		if tc.keep && got != tc.sent || !tc.keep && !generatedID.MatchString(got) {
+			t.Errorf("sent %q: got %q, want it kept (%v), else a fresh 32-hex id", tc.sent, got, tc.keep)
 		}
 	}
 	ta.request("GET", "/v1/customers", nil, "", map[string]string{"X-Request-Id": "trace-42", "Authorization": "Bearer " + ta.token}).must(t, http.StatusOK)

@@ -69,10 +69,7 @@ func BenchmarkVerifyToken(b *testing.B) {
 func BenchmarkOutboxDelivery(b *testing.B) {
 	const perRound = 2000
 	ta := newTestApp(b, nil)
-	gateway := &slowSender{d: 50 * time.Millisecond}
-	for name, ch := range ta.server.channels.byName {
-		ta.server.channels.register(name, gateway, ch.address)
-	}
+	w := ta.otherWorker(&slowSender{d: 50 * time.Millisecond}) // the default settings, but for its poll
 	ta.createCustomer("CUST-1", "+254712345678", nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -81,7 +78,7 @@ func BenchmarkOutboxDelivery(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		b.StartTimer()
-		go func() { defer close(done); ta.worker.run(ctx, 30*time.Second) }()
+		go func() { defer close(done); w.run(ctx, 30*time.Second) }()
 		for ta.count("notifications", "status = 'sent'") < (i+1)*perRound {
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -149,9 +149,8 @@ func TestNotifyRouting(t *testing.T) {
 		csv := "customer_code,item,amount\nC-MAIL,lab-panel,10.00\nC-MAIL,kit,11.00\nC-NOMAIL,lab-panel,12.00\nC-NOMAIL,kit,13.00\n"
 		ta.send("POST", "/v1/orders/import", csv, "text/csv").must(t, http.StatusCreated).json(t, &res)
 		for i, want := range []string{"email amina@example.com", "sms " + withEmail.Phone, "sms " + noEmail.Phone, "sms " + noEmail.Phone} {
-			if n := ta.settled(res.IDs[i]); n.channel+" "+n.recipient != want {
-				t.Errorf("imported order %d: got %s %s, want %s", i, n.channel, n.recipient, want)
-			}
+			n := ta.settled(res.IDs[i])
+			equal(t, fmt.Sprint("imported order ", i), n.channel+" "+n.recipient, want)
 		}
 		for id, n := range perOrder(ta.senders["sms"], ta.senders["email"]) {
 			equal(t, fmt.Sprint("messages for order ", id), n, 1)
