@@ -338,14 +338,6 @@ type drillOutcome struct {
 	duplicates int
 }
 
-// drillOpen opens dbURL for the drill's own queries.
-func drillOpen(t *testing.T, dbURL string) *sql.DB {
-	db, err := sql.Open("pgx", dbURL)
-	fatalIf(t, err)
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 // drillDrained reports whether no notification is pending.
 func drillDrained(db *sql.DB) func() bool {
 	return func() bool {
@@ -364,7 +356,7 @@ func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration
 	t := d.t
 	t.Helper()
 	load.wg.Wait()
-	db := drillOpen(t, dbURL)
+	db := openDB(t, dbURL)
 	began := time.Now()
 	eventually(t, settle, "the outbox drained", drillDrained(db))
 	settled := time.Since(began).Round(10 * time.Millisecond)
@@ -706,7 +698,7 @@ func TestDrillMemory(t *testing.T) {
 	table := []string{"| case | at once | peak RSS | answers |", "|---|---|---|---|",
 		fmt.Sprintf("| idle, after start-up | 1 | %d MiB | |", drillPeakRSS(t, idle)>>20)}
 	idle.stop()
-	db := drillOpen(t, dbURL)
+	db := openDB(t, dbURL)
 	// A first page of 100 customers, each with more orders than a customer
 	// embeds, the first with 100,000.
 	var heavy int64

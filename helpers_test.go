@@ -59,9 +59,8 @@ func testSchemaURL(t testing.TB) string {
 		t.Skip("no PostgreSQL reachable; set TEST_DATABASE_URL")
 	}
 	schema := fmt.Sprintf("t_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6, schemaSeq.Add(1))
-	if _, err := testDB.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatal(err)
-	}
+	_, err := testDB.Exec("CREATE SCHEMA " + schema)
+	fatalIf(t, err)
 	t.Cleanup(func() { testDB.Exec("DROP SCHEMA " + schema + " CASCADE") })
 	u, err := url.Parse(base)
 	fatalIf(t, err)
@@ -136,6 +135,21 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 	t.Cleanup(srv.Close)
 	ta.url = srv.URL
 	return ta
+}
+
+// openDB opens a pool of connections to dbURL, closed when the test ends.
+func openDB(t testing.TB, dbURL string) *sql.DB {
+	db, err := sql.Open("pgx", dbURL)
+	fatalIf(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// exec runs a statement on the app's database.
+func (ta *testApp) exec(query string, args ...any) {
+	ta.t.Helper()
+	_, err := ta.store.db.Exec(query, args...)
+	fatalIf(ta.t, err)
 }
 
 // startWorker runs w (the app's worker when nil) until the test ends.

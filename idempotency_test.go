@@ -174,10 +174,7 @@ func TestIdempotencyPurge(t *testing.T) {
 	ages := map[string]time.Duration{"key-49h": 49 * time.Hour, "key-47h": 47 * time.Hour, "key-25h": 25 * time.Hour, "key-new": 0}
 	for key, age := range ages {
 		ta.postKeyed(ta.token, ptr(key), body)
-		if _, err := ta.store.db.Exec(`UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1`,
-			key, age.Seconds()); err != nil {
-			t.Fatal(err)
-		}
+		ta.exec(`UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1`, key, age.Seconds())
 	}
 	ta.worker.purgeIdempotencyKeys(t.Context())
 	for key, age := range ages {

@@ -198,9 +198,7 @@ func TestOrdersListAndFilters(t *testing.T) {
 
 	// A stored time that RFC 3339 cannot show (written before the range was
 	// enforced) is a logged 500, never a 200 with an empty body.
-	if _, err := ta.store.db.Exec(`UPDATE orders SET time = '10000-01-01' WHERE item = 'item-0'`); err != nil {
-		t.Fatal(err)
-	}
+	ta.exec(`UPDATE orders SET time = '10000-01-01' WHERE item = 'item-0'`)
 	for _, path := range []string{"/v1/orders", fmt.Sprint("/v1/customers/", a.ID), "/v1/customers"} {
 		r := ta.do("GET", path, nil).must(t, http.StatusInternalServerError)
 		contains(t, path+": the logged error", fmt.Sprint(ta.requestLog(r.header.Get("X-Request-Id"))["error"]), "encoding the response")

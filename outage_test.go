@@ -61,10 +61,7 @@ func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 		}
 	}()
 	u.Host = ln.Addr().String()
-	db, err := sql.Open("pgx", u.String())
-	fatalIf(t, err)
-	t.Cleanup(func() { db.Close() })
-	return p, db
+	return p, openDB(t, u.String())
 }
 
 // A live worker's heartbeat keeps a send that outlasts the lease its own:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -104,14 +103,11 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 // otherWorker is a second replica's worker on the app's outbox: its own
 // connection pool and senders (every channel sends through s).
 func (ta *testApp) otherWorker(s Sender) *worker {
-	db, err := sql.Open("pgx", ta.cfg.databaseURL)
-	fatalIf(ta.t, err)
-	ta.t.Cleanup(func() { db.Close() })
 	cs := newChannels()
 	for name, ch := range ta.server.channels.byName {
 		cs.register(name, s, ch.address)
 	}
-	w := newWorker(db, cs, ta.log)
+	w := newWorker(openDB(ta.t, ta.cfg.databaseURL), cs, ta.log)
 	w.poll = 20 * time.Millisecond
 	return w
 }
