@@ -36,8 +36,7 @@ func TestAPIHeadersOnEveryResponse(t *testing.T) {
 				headers = nil
 			}
 			r := ta.request(tc.method, tc.path, tc.body, "application/json", headers).must(t, tc.status)
-			want := map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-			for name, value := range want {
+			for name, value := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
 				equal(t, name, r.header.Get(name), value)
 			}
 			if got := r.header.Get("X-Request-Id"); !generatedID.MatchString(got) {
@@ -151,9 +150,8 @@ func TestAPIInternalErrorAndReadiness(t *testing.T) {
 	ta.do("GET", "/readyz", nil).must(t, http.StatusOK)
 	ta.store.db.Close()
 	r := ta.do("GET", "/v1/customers", nil).must(t, http.StatusInternalServerError)
-	p := r.problem(t)
 	id := r.header.Get("X-Request-Id")
-	equal(t, "detail", p.Detail, "internal error; request id "+id)
+	equal(t, "detail", r.problem(t).Detail, "internal error; request id "+id)
 	line := ta.requestLog(id)
 	if line["level"] != "ERROR" || !strings.Contains(line["error"].(string), "database is closed") {
 		t.Errorf("log line: got %v, want level ERROR with the cause", line)

@@ -159,9 +159,8 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 		t.Errorf("list: got %+v", page.Data)
 	}
 	p := ta.do("DELETE", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusConflict).problem(t)
-	if !strings.Contains(p.Detail, "has orders") || ta.count("customers") != 2 {
-		t.Errorf("refused delete: got %q and %d customers", p.Detail, ta.count("customers"))
-	}
+	contains(t, "refused delete", p.Detail, "has orders")
+	equal(t, "customers after the refused delete", ta.count("customers"), 2)
 
 	// Past embeddedOrders, the newest are embedded and more_orders lists the
 	// rest, exactly.

@@ -168,9 +168,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		t.Error("the server still answers after shutdown")
 	}
 	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "SMS notifications are written to the log"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %s", want)
-		}
+		contains(t, "the log", logs.String(), want)
 	}
 }
 
