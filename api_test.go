@@ -37,11 +37,8 @@ func TestAPIHeadersOnEveryResponse(t *testing.T) {
 				headers = nil
 			}
 			r := ta.request(tc.method, tc.path, tc.body, "application/json", headers).must(t, tc.status)
-			want := map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-			for name, value := range want {
-				if got := r.header.Get(name); got != value {
-					t.Errorf("%s: got %q, want %q", name, got, value)
-				}
+			for name, value := range map[string]string{"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"} {
+				equal(t, name, r.header.Get(name), value)
 			}
 			if got := r.header.Get("X-Request-Id"); !generatedID.MatchString(got) {
 				t.Errorf("X-Request-Id: got %q, want a generated 32-hex id", got)
@@ -72,19 +69,14 @@ func TestAPIRequestID(t *testing.T) {
 	}
 	for _, tc := range cases {
 		got := ta.request("GET", "/healthz", nil, "", map[string]string{"X-Request-Id": tc.sent}).header.Get("X-Request-Id")
-		if tc.keep && got != tc.sent {
-			t.Errorf("sent %q: got %q, want it kept", tc.sent, got)
-		}
-		if !tc.keep && !generatedID.MatchString(got) {
-			t.Errorf("sent %q: got %q, want a fresh 32-hex id", tc.sent, got)
+		if tc.keep && got != tc.sent || !tc.keep && !generatedID.MatchString(got) {
+			t.Errorf("sent %q: got %q, want it kept (%v), else a fresh 32-hex id", tc.sent, got, tc.keep)
 		}
 	}
 	ta.request("GET", "/v1/customers", nil, "", map[string]string{"X-Request-Id": "trace-42", "Authorization": "Bearer " + ta.token}).must(t, http.StatusOK)
 	line := ta.requestLog("trace-42")
 	for key, want := range map[string]any{"method": "GET", "route": "GET /v1/customers", "status": float64(200), "sub": "staff-1"} {
-		if line[key] != want {
-			t.Errorf("log %s: got %v, want %v", key, line[key], want)
-		}
+		equal(t, "log "+key, line[key], want)
 	}
 	if _, ok := line["duration_ms"]; !ok {
 		t.Errorf("log line has no duration_ms: %v", line)
@@ -106,15 +98,12 @@ func TestAPINotFoundAndMethodNotAllowed(t *testing.T) {
 	for _, tc := range cases {
 		r := ta.do(tc.method, tc.path, nil).must(t, http.StatusMethodNotAllowed)
 		r.problem(t)
-		if got := r.header.Get("Allow"); got != tc.allow {
-			t.Errorf("%s %s Allow: got %q, want %q", tc.method, tc.path, got, tc.allow)
-		}
+		equal(t, tc.method+" "+tc.path+" Allow", r.header.Get("Allow"), tc.allow)
 	}
 }
 
 func TestAPIBodyErrors(t *testing.T) {
 	ta := newTestApp(t, nil)
-	auth := map[string]string{"Authorization": "Bearer " + ta.token}
 	cases := []struct {
 		name        string
 		body        string
@@ -141,20 +130,16 @@ func TestAPIBodyErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := ta.count("customers")
-			r := ta.request("POST", "/v1/customers", tc.body, tc.contentType, auth).must(t, tc.status)
+			r := ta.send("POST", "/v1/customers", tc.body, tc.contentType).must(t, tc.status)
 			if tc.status == 201 {
 				return
 			}
 			p := r.problem(t)
-			if !strings.Contains(p.Detail, tc.detail) {
-				t.Errorf("detail: got %q, want it to contain %q", p.Detail, tc.detail)
-			}
+			contains(t, "detail", p.Detail, tc.detail)
 			if tc.pointer != "" && (len(p.Errors) != 1 || p.Errors[0].Pointer != tc.pointer) {
 				t.Errorf("errors: got %+v, want one at %s", p.Errors, tc.pointer)
 			}
-			if after := ta.count("customers"); after != before {
-				t.Errorf("customers: got %d after a refused request, want %d", after, before)
-			}
+			equal(t, "customers after a refused request", ta.count("customers"), before)
 		})
 	}
 }
@@ -166,11 +151,8 @@ func TestAPIInternalErrorAndReadiness(t *testing.T) {
 	ta.do("GET", "/readyz", nil).must(t, http.StatusOK)
 	ta.store.db.Close()
 	r := ta.do("GET", "/v1/customers", nil).must(t, http.StatusInternalServerError)
-	p := r.problem(t)
 	id := r.header.Get("X-Request-Id")
-	if p.Detail != "internal error; request id "+id {
-		t.Errorf("detail: got %q, want only the request id", p.Detail)
-	}
+	equal(t, "detail", r.problem(t).Detail, "internal error; request id "+id)
 	line := ta.requestLog(id)
 	if line["level"] != "ERROR" || !strings.Contains(line["error"].(string), "database is closed") {
 		t.Errorf("log line: got %v, want level ERROR with the cause", line)
@@ -183,9 +165,7 @@ func TestAPIInternalErrorAndReadiness(t *testing.T) {
 func TestAPIOpenAPIMatchesRoutes(t *testing.T) {
 	ta := newTestApp(t, nil)
 	r := ta.do("GET", "/openapi.yaml", nil).must(t, http.StatusOK)
-	if ct := r.header.Get("Content-Type"); ct != "application/yaml" {
-		t.Errorf("Content-Type: got %q, want application/yaml", ct)
-	}
+	equal(t, "Content-Type", r.header.Get("Content-Type"), "application/yaml")
 	if !bytes.Equal(r.body, openapiYAML) {
 		t.Fatal("served document differs from openapi.yaml")
 	}

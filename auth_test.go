@@ -158,9 +158,7 @@ func TestAuthTokens(t *testing.T) {
 					invalid: {`Bearer error="invalid_token"`, "the access token is not valid"},
 					lacking: {`Bearer error="insufficient_scope", scope="` + scope + `"`, "this route needs the scope " + scope},
 				}[status]
-				if got := r.header.Get("WWW-Authenticate"); got != refusal[0] {
-					t.Errorf("%s: WWW-Authenticate: got %q, want %q", method, got, refusal[0])
-				}
+				equal(t, method+" WWW-Authenticate", r.header.Get("WWW-Authenticate"), refusal[0])
 				if status >= 400 && r.problem(t).Detail != refusal[1] {
 					t.Errorf("%s: detail: got %q, want %q, the same for every such refusal", method, r.problem(t).Detail, refusal[1])
 				}
@@ -191,14 +189,11 @@ func TestAuthTokens(t *testing.T) {
 			var created, stored customer
 			send("POST", "/v1/customers", "customers:write", granted).json(t, &created)
 			send("GET", fmt.Sprint("/v1/customers/", created.ID), "customers:read", http.StatusOK).json(t, &stored)
-			if created.CreatedBy != "granted" || stored.CreatedBy != "granted" {
-				t.Errorf("created_by in the answer and read back: got %q and %q, want granted", created.CreatedBy, stored.CreatedBy)
-			}
+			equal(t, "created_by in the answer", created.CreatedBy, "granted")
+			equal(t, "created_by read back", stored.CreatedBy, "granted")
 		})
 	}
-	if got := ta.count("customers", "created_by <> 'granted'"); got != 0 {
-		t.Errorf("customers created by refused tokens: got %d, want 0", got)
-	}
+	equal(t, "customers created by refused tokens", ta.count("customers", "created_by <> 'granted'"), 0)
 }
 
 // Every /v1 route checks the credentials before anything else: without a
@@ -268,16 +263,12 @@ func TestAuthRoutes(t *testing.T) {
 				rec := httptest.NewRecorder()
 				handler.ServeHTTP(rec, req)
 				r := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}.must(t, try.status)
-				if got := r.header.Get("WWW-Authenticate"); got != try.challenge {
-					t.Errorf("WWW-Authenticate: got %q, want %q", got, try.challenge)
-				}
+				equal(t, "WWW-Authenticate", r.header.Get("WWW-Authenticate"), try.challenge)
 				r.problem(t)
 			})
 		}
 	}
-	if after := state(); after != before {
-		t.Errorf("after the refused requests: got %s, want %s", after, before)
-	}
+	equal(t, "after the refused requests", state(), before)
 }
 
 // newTestKeySet returns a key set over a new provider, a function that makes
@@ -286,9 +277,7 @@ func TestAuthRoutes(t *testing.T) {
 func newTestKeySet(t *testing.T) (*fakeOIDC, *keySet, func(time.Duration), func() int64) {
 	f := newFakeOIDC(t)
 	ks, err := newKeySet(f.url+"/jwks", &http.Client{Timeout: 5 * time.Second}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	var ahead atomic.Int64
 	ks.now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 	return f, ks, func(d time.Duration) { ahead.Add(int64(d)) }, func() int64 { return f.jwksHits.Swap(0) }
@@ -366,9 +355,7 @@ func TestKeySet(t *testing.T) {
 	for i := range 100 {
 		forged([]string{"rsa-1", "ec-1"}[i%2])
 	}
-	if got := fetches(); got != 1 {
-		t.Errorf("JWKS fetches after forged signatures under known key ids: got %d, want 1 (start-up)", got)
-	}
+	equal(t, "JWKS fetches after forged signatures under known key ids (start-up's)", fetches(), 1)
 	for s := range 60 { // a minute of twenty forged key ids a second, at once
 		var wg sync.WaitGroup
 		for i := range 20 {
@@ -377,9 +364,7 @@ func TestKeySet(t *testing.T) {
 		wg.Wait()
 		advance(time.Second)
 	}
-	if got := fetches(); got != 6 {
-		t.Errorf("JWKS fetches in a minute of forged key ids: got %d, want 6 (one per %v)", got, keyRefill)
-	}
+	equal(t, fmt.Sprintf("JWKS fetches in a minute of forged key ids (one per %v)", keyRefill), fetches(), 6)
 	for range 6 { // a minute of one withdrawn key id, every keyRefill
 		advance(keyRefill)
 		forged("withdrawn")
@@ -389,9 +374,7 @@ func TestKeySet(t *testing.T) {
 	if _, err := ks.VerifySignature(t.Context(), f.sign(t, f.claims("late"), withKey(late))); err != nil {
 		t.Errorf("a key published after the forged ones, beside one of an unknown type: %v", err)
 	}
-	if got := fetches(); got != 2 {
-		t.Errorf("JWKS fetches for the repeated key id and the new key: got %d, want 2", got)
-	}
+	equal(t, "JWKS fetches for the repeated key id and the new key", fetches(), 2)
 
 	withdrawn, freshKey := f.token(t, "withdrawn"), testKey("ec-fresh") // withdrawn is signed with rsa-1
 	f.publish(testKey("ec-1"), freshKey)
@@ -424,9 +407,7 @@ func TestKeySet(t *testing.T) {
 	if _, err := ks.VerifySignature(t.Context(), withdrawn); err == nil {
 		t.Error("a withdrawn key verified after the refresh")
 	}
-	if got := fetches(); got != 2 {
-		t.Errorf("JWKS fetches: got %d, want 2 (the refresh, one for the withdrawn key id)", got)
-	}
+	equal(t, "JWKS fetches (the refresh, one for the withdrawn key id)", fetches(), 2)
 	f.fail(http.StatusServiceUnavailable, 0)
 	advance(keyMaxAge)
 	for i := range 20 {
@@ -435,9 +416,7 @@ func TestKeySet(t *testing.T) {
 		}
 		authWait(ks)
 	}
-	if got := fetches(); got != 1 {
-		t.Errorf("JWKS fetches: got %d, want 1 in the outage (the next after %v)", got, keyRefill)
-	}
+	equal(t, fmt.Sprintf("JWKS fetches in the outage (the next after %v)", keyRefill), fetches(), 1)
 	if _, err := newKeySet(f.url+"/jwks", http.DefaultClient, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("a failing JWKS loaded")
 	}
@@ -448,9 +427,7 @@ func TestKeySet(t *testing.T) {
 func TestAuthTokenCache(t *testing.T) {
 	f := newFakeOIDC(t)
 	a, err := newAuthenticator(t.Context(), f.url, []string{f.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	short := f.claims("short")
 	short["exp"] = time.Now().Add(30 * time.Second).Unix()
 	for tok, until := range map[string]time.Time{f.token(t, "long"): time.Now().Add(tokenCacheTTL), f.sign(t, short): time.Unix(short["exp"].(int64), 0)} {

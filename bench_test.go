@@ -16,9 +16,7 @@ func BenchmarkDecodeOrder(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		var in orderInput
-		if err := decodeStrict(body, &in); err != nil {
-			b.Fatal(err)
-		}
+		fatalIf(b, decodeStrict(body, &in))
 		c := newChecker()
 		in.check(now, fuzzChannels, c)
 		if c.err() != nil {
@@ -43,9 +41,7 @@ func BenchmarkCursor(b *testing.B) {
 func BenchmarkVerifyToken(b *testing.B) {
 	iss := newFakeOIDC(b)
 	auth, err := newAuthenticator(context.Background(), iss.url, []string{iss.audience}, &http.Client{Timeout: 5 * time.Second}, time.Second, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
+	fatalIf(b, err)
 	for _, kid := range []string{"rsa-1", "ec-1"} {
 		key := testKey(kid)
 		tok := iss.sign(b, iss.claims("bench", allScopes...), withKey(key))
@@ -73,10 +69,7 @@ func BenchmarkVerifyToken(b *testing.B) {
 func BenchmarkOutboxDelivery(b *testing.B) {
 	const perRound = 2000
 	ta := newTestApp(b, nil)
-	gateway := &slowSender{d: 50 * time.Millisecond}
-	for name, ch := range ta.server.channels.byName {
-		ta.server.channels.register(name, gateway, ch.address)
-	}
+	w := ta.otherWorker(&slowSender{d: 50 * time.Millisecond}) // the default settings, but for its poll
 	ta.createCustomer("CUST-1", "+254712345678", nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -85,7 +78,7 @@ func BenchmarkOutboxDelivery(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		b.StartTimer()
-		go func() { defer close(done); ta.worker.run(ctx, 30*time.Second) }()
+		go func() { defer close(done); w.run(ctx, 30*time.Second) }()
 		for ta.count("notifications", "status = 'sent'") < (i+1)*perRound {
 			time.Sleep(5 * time.Millisecond)
 		}

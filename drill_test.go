@@ -130,15 +130,11 @@ func (s *drillService) start() {
 	s.t.Helper()
 	s.starts++
 	logFile, err := os.Create(s.logPath(s.starts))
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	fatalIf(s.t, err)
 	cmd := exec.Command(drillBinary)
 	cmd.Env = s.env // nothing inherited: with-postgres.sh exports DATABASE_URL
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
+	fatalIf(s.t, cmd.Start())
 	exited := make(chan struct{})
 	go func() {
 		cmd.Wait()
@@ -211,19 +207,6 @@ func drillReadyz(base string) int {
 	return res.StatusCode
 }
 
-// seed creates the customers the load places orders for.
-func (d *drill) seed(s *drillService) {
-	d.t.Helper()
-	var rows []string
-	for i := 1; i <= drillCustomers; i++ {
-		rows = append(rows, fmt.Sprintf(`{"code":"DRILL-%d","name":"Drill Customer %d","phone":"+2547123456%02d"}`, i, i, i))
-	}
-	body := []byte("[" + strings.Join(rows, ",") + "]")
-	if status, b := d.request(http.DefaultClient, "POST", s.url+"/v1/customers/import", "application/json", "", body); status != http.StatusCreated {
-		d.t.Fatalf("seeding customers: got %d %s, want 201", status, b)
-	}
-}
-
 // request sends one request with the drill's token (and key as its
 // Idempotency-Key, unless empty) and returns the status (0 for a network
 // error) and the body (or the error).
@@ -269,9 +252,19 @@ type drillAttempt struct {
 	status      int
 }
 
-// load starts orders for duration, client i first posting to targets[i %
-// len(targets)], and retries them until giveUp after the start.
+// load creates, through the first target, the customers the load places
+// orders for; then it starts orders for duration, client i first posting to
+// targets[i % len(targets)], and retries them until giveUp after the start.
 func (d *drill) load(targets []*drillService, duration, giveUp time.Duration) *drillLoad {
+	d.t.Helper()
+	var customers []string
+	for i := 1; i <= drillCustomers; i++ {
+		customers = append(customers, fmt.Sprintf(`{"code":"DRILL-%d","name":"Drill Customer %d","phone":"+2547123456%02d"}`, i, i, i))
+	}
+	body := []byte("[" + strings.Join(customers, ",") + "]")
+	if status, b := d.request(http.DefaultClient, "POST", targets[0].url+"/v1/customers/import", "application/json", "", body); status != http.StatusCreated {
+		d.t.Fatalf("seeding customers: got %d %s, want 201", status, b)
+	}
 	l := &drillLoad{start: time.Now(), keys: map[string]int64{}}
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: drillClients}}
 	d.t.Cleanup(l.wg.Wait) // a drill that failed early still ends its load before the test
@@ -345,16 +338,6 @@ type drillOutcome struct {
 	duplicates int
 }
 
-// drillOpen opens dbURL for the drill's own queries.
-func drillOpen(t *testing.T, dbURL string) *sql.DB {
-	db, err := sql.Open("pgx", dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 // drillDrained reports whether no notification is pending.
 func drillDrained(db *sql.DB) func() bool {
 	return func() bool {
@@ -373,7 +356,7 @@ func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration
 	t := d.t
 	t.Helper()
 	load.wg.Wait()
-	db := drillOpen(t, dbURL)
+	db := openDB(t, dbURL)
 	began := time.Now()
 	eventually(t, settle, "the outbox drained", drillDrained(db))
 	settled := time.Since(began).Round(10 * time.Millisecond)
@@ -393,30 +376,27 @@ func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration
 		FROM orders o
 		LEFT JOIN idempotency_keys k ON k.order_id = o.id AND k.subject = 'drill'
 		LEFT JOIN notifications n ON n.order_id = o.id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyOf := map[int64]string{}
+	fatalIf(t, err)
+	keyOf, resent := map[int64]string{}, 0
 	for rows.Next() {
 		var id int64
 		var key, status, lastError string
 		var attempts int
-		if err := rows.Scan(&id, &key, &status, &attempts, &lastError); err != nil {
-			t.Fatal(err)
-		}
+		fatalIf(t, rows.Scan(&id, &key, &status, &attempts, &lastError))
 		if other, twice := keyOf[id]; twice {
 			problem("order %d is named by keys %s and %s", id, other, key)
 		}
 		keyOf[id], out.attempts[id] = key, attempts
+		if attempts > 1 {
+			resent++
+		}
 		if status != "sent" {
 			problem("order %d: notification %s after %d attempts: %s", id, status, attempts, lastError)
 		} else if len(out.accepted[id]) == 0 {
 			problem("order %d: no message reached the gateway", id)
 		}
 	}
-	if err := rows.Close(); err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, rows.Close())
 	accepted := 0
 	for key, id := range load.keys {
 		stored, ok := keyOf[id]
@@ -434,12 +414,6 @@ func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration
 	for id, key := range keyOf {
 		if load.keys[key] != id {
 			problem("order %d (key %q) was never answered to a client: a duplicate made by a retry?", id, key)
-		}
-	}
-	resent := 0
-	for _, n := range out.attempts {
-		if n > 1 {
-			resent++
 		}
 	}
 	for id, sends := range out.accepted {
@@ -481,7 +455,6 @@ func TestDrillGatewayDown(t *testing.T) {
 	d := newDrill(t)
 	dbURL := testSchemaURL(t)
 	svc := d.start("service", dbURL)
-	d.seed(svc)
 	const outageFrom, outageTo = 5 * time.Second, 15 * time.Second
 	load := d.load([]*drillService{svc}, 20*time.Second, 50*time.Second)
 	failures := []http.HandlerFunc{atAnswer(http.StatusServiceUnavailable, "text/plain", "Service Unavailable"), atDrop, atHang}
@@ -539,7 +512,6 @@ func TestDrillKilled(t *testing.T) {
 				replicas = append(replicas, d.start(fmt.Sprint("replica-", i), dbURL))
 			}
 			dead := replicas[0]
-			d.seed(dead)
 			load := d.load(replicas, 15*time.Second, 45*time.Second)
 			time.Sleep(time.Until(load.start.Add(6 * time.Second)))
 			dead.kill()
@@ -551,9 +523,7 @@ func TestDrillKilled(t *testing.T) {
 				dead.start()
 			}
 			logged, err := os.ReadFile(dead.logPath(1))
-			if err != nil {
-				t.Fatal(err)
-			}
+			fatalIf(t, err)
 			recorded := map[int64]bool{} // what the dead process recorded as sent
 			for _, line := range logLines(t, string(logged), "msg", "notification sent") {
 				id, _ := line["order_id"].(float64)
@@ -606,9 +576,7 @@ func newDrillCluster(t *testing.T) *drillCluster {
 	// Not t.TempDir: its parent is private to root, and the cluster runs as
 	// postgres.
 	dir, err := os.MkdirTemp("", "drill-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &drillCluster{t: t, dir: dir, port: freePort(t), as: []string{"env"}}
 	c.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.port)
@@ -619,9 +587,7 @@ func newDrillCluster(t *testing.T) *drillCluster {
 			t.Fatalf("running as root, the cluster needs the postgres user: %v %s", err, out)
 		}
 	}
-	if err := c.run("initdb", "-D", c.data(), "-U", "postgres", "--auth=trust", "--no-sync"); err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, c.run("initdb", "-D", c.data(), "-U", "postgres", "--auth=trust", "--no-sync"))
 	t.Cleanup(func() {
 		// Immediate: a drill that failed may leave the cluster in any state,
 		// and nothing in it is worth a clean shutdown.
@@ -658,9 +624,7 @@ func (c *drillCluster) run(prog string, args ...string) error {
 // ctl runs pg_ctl on the cluster and waits for it to finish the job.
 func (c *drillCluster) ctl(args ...string) {
 	c.t.Helper()
-	if err := c.run("pg_ctl", append([]string{"-D", c.data(), "-w"}, args...)...); err != nil {
-		c.t.Fatal(err)
-	}
+	fatalIf(c.t, c.run("pg_ctl", append([]string{"-D", c.data(), "-w"}, args...)...))
 }
 
 // TestDrillPostgresRestarted: the drill's own PostgreSQL cluster is stopped
@@ -674,7 +638,6 @@ func TestDrillPostgresRestarted(t *testing.T) {
 	d := newDrill(t)
 	cluster := newDrillCluster(t)
 	svc := d.start("service", cluster.url)
-	d.seed(svc)
 	load := d.load([]*drillService{svc}, 15*time.Second, 60*time.Second)
 	time.Sleep(time.Until(load.start.Add(5 * time.Second)))
 	cluster.ctl("-m", "fast", "stop")
@@ -704,7 +667,6 @@ func TestDrillTwoReplicas(t *testing.T) {
 	d := newDrill(t)
 	dbURL := testSchemaURL(t)
 	replicas := []*drillService{d.start("replica-a", dbURL), d.start("replica-b", dbURL)}
-	d.seed(replicas[0])
 	load := d.load(replicas, 15*time.Second, 45*time.Second)
 	time.Sleep(time.Until(load.start.Add(5 * time.Second)))
 	d.at.setReply(atAnswer(http.StatusServiceUnavailable, "text/plain", "Service Unavailable"))
@@ -736,7 +698,7 @@ func TestDrillMemory(t *testing.T) {
 	table := []string{"| case | at once | peak RSS | answers |", "|---|---|---|---|",
 		fmt.Sprintf("| idle, after start-up | 1 | %d MiB | |", drillPeakRSS(t, idle)>>20)}
 	idle.stop()
-	db := drillOpen(t, dbURL)
+	db := openDB(t, dbURL)
 	// A first page of 100 customers, each with more orders than a customer
 	// embeds, the first with 100,000.
 	var heavy int64
@@ -751,9 +713,7 @@ func TestDrillMemory(t *testing.T) {
 			FROM c, generate_series(1, CASE c.code WHEN 'HEAVY-1' THEN 100000 ELSE 2 * $1 END) g
 		)
 		SELECT id FROM c WHERE code = 'HEAVY-1'`, embeddedOrders).Scan(&heavy)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 
 	rows := func(row func(i int) string) []byte {
 		all := make([]string, maxImportRows)
@@ -875,9 +835,7 @@ func (b drillSlowBody) Read(p []byte) (int, error) {
 func drillPeakRSS(t *testing.T, s *drillService) int64 {
 	t.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	for line := range strings.SplitSeq(string(status), "\n") {
 		var kB int64
 		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kB); err == nil {

@@ -128,9 +128,7 @@ func (f *fakeOIDC) sign(t testing.TB, claims any, opts ...signOpt) string {
 	if err == nil {
 		tok, err = jwt.Signed(signer).Claims(claims).Serialize()
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	return tok
 }
 

@@ -67,9 +67,7 @@ type smtpMessage struct {
 func (s *smtpFake) start(t testing.TB) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	s.ln = ln
 	s.wg.Go(func() {
 		for c, err := ln.Accept(); err == nil; c, err = ln.Accept() {

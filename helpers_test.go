@@ -59,14 +59,11 @@ func testSchemaURL(t testing.TB) string {
 		t.Skip("no PostgreSQL reachable; set TEST_DATABASE_URL")
 	}
 	schema := fmt.Sprintf("t_%d_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6, schemaSeq.Add(1))
-	if _, err := testDB.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatal(err)
-	}
+	_, err := testDB.Exec("CREATE SCHEMA " + schema)
+	fatalIf(t, err)
 	t.Cleanup(func() { testDB.Exec("DROP SCHEMA " + schema + " CASCADE") })
 	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	q := u.Query()
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
@@ -121,14 +118,10 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 		vars[k] = v
 	}
 	cfg, err := loadConfig(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	logs := &syncBuffer{}
 	a, err := newApp(t.Context(), cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	t.Cleanup(a.close)
 	ta := &testApp{app: a, t: t, issuer: iss, token: iss.token(t, "staff-1", allScopes...), logs: logs, senders: map[string]*recordingSender{}}
 	if vars["KEEP_SENDERS"] == "" {
@@ -142,6 +135,21 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 	t.Cleanup(srv.Close)
 	ta.url = srv.URL
 	return ta
+}
+
+// openDB opens a pool of connections to dbURL, closed when the test ends.
+func openDB(t testing.TB, dbURL string) *sql.DB {
+	db, err := sql.Open("pgx", dbURL)
+	fatalIf(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// exec runs a statement on the app's database.
+func (ta *testApp) exec(query string, args ...any) {
+	ta.t.Helper()
+	_, err := ta.store.db.Exec(query, args...)
+	fatalIf(ta.t, err)
 }
 
 // startWorker runs w (the app's worker when nil) until the test ends.
@@ -199,7 +207,12 @@ func (r response) must(t testing.TB, status int) response {
 // do sends a request with the app's all-scopes token; body is JSON-encoded
 // unless it is a string or []byte, sent as is.
 func (ta *testApp) do(method, path string, body any) response {
-	return ta.request(method, path, body, "application/json", map[string]string{"Authorization": "Bearer " + ta.token})
+	return ta.send(method, path, body, "application/json")
+}
+
+// send is do with a body of the content type.
+func (ta *testApp) send(method, path string, body any, contentType string) response {
+	return ta.request(method, path, body, contentType, map[string]string{"Authorization": "Bearer " + ta.token})
 }
 
 func (ta *testApp) request(method, path string, body any, contentType string, headers map[string]string) response {
@@ -213,15 +226,11 @@ func (ta *testApp) request(method, path string, body any, contentType string, he
 		rd = bytes.NewReader(b)
 	default:
 		j, err := json.Marshal(b)
-		if err != nil {
-			ta.t.Fatal(err)
-		}
+		fatalIf(ta.t, err)
 		rd = bytes.NewReader(j)
 	}
 	req, err := http.NewRequest(method, ta.url+path, rd)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	if rd != nil && contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -229,14 +238,10 @@ func (ta *testApp) request(method, path string, body any, contentType string, he
 		req.Header.Set(k, v)
 	}
 	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, err)
 	return response{status: res.StatusCode, header: res.Header, body: b}
 }
 
@@ -292,9 +297,7 @@ func (ta *testApp) count(table string, where ...any) int {
 		query += " WHERE " + where[0].(string)
 	}
 	var n int
-	if err := ta.store.db.QueryRow(query, where[min(1, len(where)):]...).Scan(&n); err != nil {
-		ta.t.Fatal(err)
-	}
+	fatalIf(ta.t, ta.store.db.QueryRow(query, where[min(1, len(where)):]...).Scan(&n))
 	return n
 }
 
@@ -420,11 +423,34 @@ func (ta *testApp) requestLog(id string) map[string]any {
 func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fatalIf(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// fatalIf stops the test on an error it cannot go on from.
+func fatalIf(t testing.TB, err error) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// equal fails the test, which goes on, unless got is want; what names the
+// value in the message.
+func equal[T comparable](t testing.TB, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s: got %#v, want %#v", what, got, want)
+	}
+}
+
+// contains fails the test, which goes on, unless s holds sub; what names s.
+func contains(t testing.TB, what, s, sub string) {
+	t.Helper()
+	if !strings.Contains(s, sub) {
+		t.Errorf("%s: got %q, want it to contain %q", what, s, sub)
+	}
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -43,9 +43,8 @@ func TestIdempotencyReplay(t *testing.T) {
 		} else if loc := r.header.Get("Location"); loc != fmt.Sprint("/v1/orders/", o.ID) {
 			t.Errorf("Location: got %q for order %d", loc, o.ID)
 		}
-		if got, gotNotes := ta.count("orders"), ta.count("notifications"); got != orders+newOrders || gotNotes != notes+newOrders {
-			t.Errorf("orders and notifications: got %d and %d, want %d and %d", got, gotNotes, orders+newOrders, notes+newOrders)
-		}
+		equal(t, "orders", ta.count("orders"), orders+newOrders)
+		equal(t, "notifications", ta.count("notifications"), notes+newOrders)
 		return o
 	}
 
@@ -68,9 +67,7 @@ func TestIdempotencyReplay(t *testing.T) {
 			t.Errorf("order for staff-2: got %+v, want a new one created by staff-2", theirs)
 		}
 		// Each subject's replay still finds its own order.
-		if again := post(t, other, "key-shared", base, http.StatusCreated, 0); again.ID != theirs.ID {
-			t.Errorf("staff-2 replay: got %d, want %d", again.ID, theirs.ID)
-		}
+		equal(t, "staff-2 replay", post(t, other, "key-shared", base, http.StatusCreated, 0).ID, theirs.ID)
 	})
 	t.Run("key length", func(t *testing.T) {
 		for _, tt := range []struct {
@@ -163,13 +160,10 @@ func TestIdempotencyConcurrent(t *testing.T) {
 				t.Errorf("round %d client %d: got %d, order %d at %q; want 201, order %d", round, i, statuses[i], ids[i], locations[i], ids[0])
 			}
 		}
-		if got, gotNotes := ta.count("orders"), ta.count("notifications"); got != orders+1 || gotNotes != notes+1 {
-			t.Errorf("round %d: got %d orders and %d notifications, want %d and %d", round, got, gotNotes, orders+1, notes+1)
-		}
+		equal(t, fmt.Sprint("round ", round, " orders"), ta.count("orders"), orders+1)
+		equal(t, fmt.Sprint("round ", round, " notifications"), ta.count("notifications"), notes+1)
 	}
-	if got := ta.count("idempotency_keys"); got != 3 {
-		t.Errorf("idempotency keys: got %d, want 3", got)
-	}
+	equal(t, "idempotency keys", ta.count("idempotency_keys"), 3)
 }
 
 // Keys are kept 48 hours, the contract's 24 and more, then forgotten.
@@ -180,26 +174,17 @@ func TestIdempotencyPurge(t *testing.T) {
 	ages := map[string]time.Duration{"key-49h": 49 * time.Hour, "key-47h": 47 * time.Hour, "key-25h": 25 * time.Hour, "key-new": 0}
 	for key, age := range ages {
 		ta.postKeyed(ta.token, ptr(key), body)
-		if _, err := ta.store.db.Exec(`UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1`,
-			key, age.Seconds()); err != nil {
-			t.Fatal(err)
-		}
+		ta.exec(`UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1`, key, age.Seconds())
 	}
 	ta.worker.purgeIdempotencyKeys(t.Context())
 	for key, age := range ages {
-		if kept, want := ta.count("idempotency_keys", "key = $1", key) == 1, age <= 48*time.Hour; kept != want {
-			t.Errorf("key %s aged %v: got kept=%v, want %v", key, age, kept, want)
-		}
+		equal(t, fmt.Sprintf("key %s aged %v kept", key, age), ta.count("idempotency_keys", "key = $1", key) == 1, age <= 48*time.Hour)
 	}
-	if got := ta.count("orders"); got != len(ages) {
-		t.Errorf("orders: got %d, want %d (purging keys keeps orders)", got, len(ages))
-	}
+	equal(t, "orders (purging keys keeps orders)", ta.count("orders"), len(ages))
 	// A purged key is free again; a kept one still guards its order.
 	other := strings.Replace(body, `"kit"`, `"panel"`, 1)
 	ta.postKeyed(ta.token, ptr("key-49h"), other)
 	r, _ := ta.postKeyed(ta.token, ptr("key-47h"), other)
 	r.must(t, http.StatusUnprocessableEntity)
-	if got := ta.count("orders"); got != len(ages)+1 {
-		t.Errorf("orders after reusing a purged key: got %d, want %d", got, len(ages)+1)
-	}
+	equal(t, "orders after reusing a purged key", ta.count("orders"), len(ages)+1)
 }

@@ -22,13 +22,9 @@ func newTestMailer(t testing.TB, srv *smtpFake, rawURL string, timeout time.Dura
 	t.Helper()
 	srv.start(t)
 	cfg, err := parseSMTPURL(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	m, err := newSMTPMailer(cfg, testFrom, timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	_, m.tlsConfig.RootCAs = testCert()
 	m.addr, m.hostname = srv.ln.Addr().String(), "mailer.shop.example"
 	return m
@@ -110,9 +106,7 @@ func TestNewSMTPMailer(t *testing.T) {
 	}
 	for name, want := range map[string]bool{"mail.example.com": true, "ip-10-0-0-7.ec2.internal": true, "localhost": false,
 		"e784079b449483": false, "10.0.0.7": false, "::1": false, "host_1.example": false, "": false} {
-		if got := isDomainName(name); got != want {
-			t.Errorf("isDomainName(%q): got %v, want %v", name, got, want)
-		}
+		equal(t, fmt.Sprintf("isDomainName(%q)", name), isDomainName(name), want)
 	}
 }
 
@@ -220,9 +214,7 @@ func TestSMTPMailerSend(t *testing.T) {
 			h, body := parseMail(t, got[0].data)
 			for name, want := range map[string]string{"From": testFrom, "To": "ann@example.org", "Subject": "Order #12 placed", "Auto-Submitted": "auto-generated",
 				"Mime-Version": "1.0", "Content-Type": "text/plain; charset=utf-8", "Content-Transfer-Encoding": "quoted-printable"} {
-				if got := h.Get(name); got != want {
-					t.Errorf("got %s %q, want %q", name, got, want)
-				}
+				equal(t, name, h.Get(name), want)
 			}
 			if date, err := h.Date(); err != nil || date.Before(start.Truncate(time.Second)) || date.After(time.Now()) {
 				t.Errorf("got Date %v (error %v), want between %v and now", date, err, start)
@@ -242,9 +234,7 @@ func TestSMTPMailerSend(t *testing.T) {
 // all reach the relay with distinct Message-IDs.
 func TestSMTPMailerSendConcurrently(t *testing.T) {
 	for ip, want := range map[string]string{"192.0.2.7": "[192.0.2.7]", "::ffff:192.0.2.7": "[192.0.2.7]", "2001:db8::7": "[IPv6:2001:db8::7]"} {
-		if got := addressLiteral(net.ParseIP(ip)); got != want {
-			t.Errorf("addressLiteral(%s): got %q, want %q", ip, got, want)
-		}
+		equal(t, "addressLiteral("+ip+")", addressLiteral(net.ParseIP(ip)), want)
 	}
 	srv := &smtpFake{auth: []string{"LOGIN"}, user: "shop", pass: "pw"}
 	m := newTestMailer(t, srv, "smtp://shop:pw@relay.test", 5*time.Second)
@@ -263,13 +253,11 @@ func TestSMTPMailerSendConcurrently(t *testing.T) {
 	for _, msg := range got {
 		h, _ := parseMail(t, msg.data)
 		ids[h.Get("Message-ID")] = true
-		if msg.ehlo != "[127.0.0.1]" || msg.auth != "LOGIN" {
-			t.Errorf("got EHLO %q and AUTH %q, want [127.0.0.1] and LOGIN", msg.ehlo, msg.auth)
-		}
+		equal(t, "EHLO", msg.ehlo, "[127.0.0.1]")
+		equal(t, "AUTH", msg.auth, "LOGIN")
 	}
-	if len(ids) != n || len(got) != n {
-		t.Errorf("got %d distinct Message-IDs in %d messages, want %d in %d", len(ids), len(got), n, n)
-	}
+	equal(t, "messages", len(got), n)
+	equal(t, "distinct Message-IDs", len(ids), n)
 }
 
 // expiredCtx has a deadline that has passed but has not noticed yet, as

@@ -127,9 +127,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	// net/http's own answers carry nosniff too, and one to headers too large
 	// arrives whole: the server half-closes before it hangs up.
 	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	defer conn.Close()
 	go io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 2*maxHeaderBytes)+"\r\n\r\n")
 	if answer, err := io.ReadAll(conn); err != nil || !strings.HasPrefix(string(answer), "HTTP/1.1 431 ") || !strings.Contains(string(answer), "\r\nX-Content-Type-Options: nosniff\r\n") {
@@ -170,9 +168,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 		t.Error("the server still answers after shutdown")
 	}
 	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "SMS notifications are written to the log"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log lacks %s", want)
-		}
+		contains(t, "the log", logs.String(), want)
 	}
 }
 
@@ -193,9 +189,7 @@ func TestMigrateConcurrently(t *testing.T) {
 					FROM pg_proc WHERE pronamespace = current_schema()::regnamespace)
 			FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 			WHERE c.relnamespace = current_schema()::regnamespace`).Scan(&got)
-		if err != nil {
-			t.Fatal(err)
-		}
+		fatalIf(t, err)
 		return got
 	}
 	before := catalog()

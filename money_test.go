@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 )
 
@@ -51,9 +52,7 @@ func TestParseMoney(t *testing.T) {
 func TestMoneyFormatAndJSON(t *testing.T) {
 	cases := map[Money]string{0: "0.00", 5: "0.05", 340: "3.40", 125000: "1250.00", maxMoney: "9999999999.99"}
 	for m, want := range cases {
-		if got := m.String(); got != want {
-			t.Errorf("%d: got %q, want %q", int64(m), got, want)
-		}
+		equal(t, fmt.Sprint(int64(m)), m.String(), want)
 		b, _ := json.Marshal(m)
 		var back Money
 		if err := json.Unmarshal(b, &back); string(b) != `"`+want+`"` || err != nil || back != m {

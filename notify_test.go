@@ -104,9 +104,7 @@ func TestNotifyRouting(t *testing.T) {
 		{"no rule matching sends nothing", "lab-*=email", "", withEmail, "", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := ta.server.channels.setRules(tt.rules); err != nil {
-				t.Fatal(err)
-			}
+			fatalIf(t, ta.server.channels.setRules(tt.rules))
 			body := map[string]any{"customer_id": tt.c.ID, "item": "kit", "amount": "10.00"}
 			if tt.override != "" {
 				body["channel"] = tt.override
@@ -141,9 +139,7 @@ func TestNotifyRouting(t *testing.T) {
 	})
 
 	t.Run("imports", func(t *testing.T) {
-		if err := ta.server.channels.setRules("lab-*=email,*=sms"); err != nil {
-			t.Fatal(err)
-		}
+		fatalIf(t, ta.server.channels.setRules("lab-*=email,*=sms"))
 		for _, id := range ta.importOrders("C-MAIL", 3, false) {
 			if n := ta.getOrder(id).Notification; n != nil {
 				t.Errorf("order %d imported with notify=false: got notification %+v, want null", id, *n)
@@ -151,17 +147,13 @@ func TestNotifyRouting(t *testing.T) {
 		}
 		var res importResult
 		csv := "customer_code,item,amount\nC-MAIL,lab-panel,10.00\nC-MAIL,kit,11.00\nC-NOMAIL,lab-panel,12.00\nC-NOMAIL,kit,13.00\n"
-		ta.request("POST", "/v1/orders/import", csv, "text/csv", map[string]string{"Authorization": "Bearer " + ta.token}).
-			must(t, http.StatusCreated).json(t, &res)
+		ta.send("POST", "/v1/orders/import", csv, "text/csv").must(t, http.StatusCreated).json(t, &res)
 		for i, want := range []string{"email amina@example.com", "sms " + withEmail.Phone, "sms " + noEmail.Phone, "sms " + noEmail.Phone} {
-			if n := ta.settled(res.IDs[i]); n.channel+" "+n.recipient != want {
-				t.Errorf("imported order %d: got %s %s, want %s", i, n.channel, n.recipient, want)
-			}
+			n := ta.settled(res.IDs[i])
+			equal(t, fmt.Sprint("imported order ", i), n.channel+" "+n.recipient, want)
 		}
 		for id, n := range perOrder(ta.senders["sms"], ta.senders["email"]) {
-			if n != 1 {
-				t.Errorf("order %d: got %d messages, want 1", id, n)
-			}
+			equal(t, fmt.Sprint("messages for order ", id), n, 1)
 		}
 	})
 }
@@ -171,18 +163,15 @@ func TestNotifyRouting(t *testing.T) {
 func TestNotifyLogSender(t *testing.T) {
 	ta := newTestApp(t, map[string]string{"KEEP_SENDERS": "1"})
 	for _, want := range []string{"AT_USERNAME is not set: SMS notifications are written to the log", "SMTP_URL is not set: e-mail notifications are written to the log"} {
-		if len(logLines(t, ta.logs.String(), "level", "WARN", "msg", want+", not sent")) != 1 {
-			t.Errorf("start-up warnings lack %q", want)
-		}
+		equal(t, fmt.Sprintf("start-up warnings %q", want), len(logLines(t, ta.logs.String(), "level", "WARN", "msg", want+", not sent")), 1)
 	}
 	ta.startWorker(nil, time.Second)
 	c := ta.createCustomer("CUST-LOG", "+254712345678", ptr("amina@example.com"))
 	for ch, render := range map[string]func(notice) string{"sms": smsText, "email": mailText} {
 		o := ta.place(map[string]any{"customer_id": c.ID, "item": "kit-" + ch, "amount": "10.00", "channel": ch})
 		n := ta.settled(o.ID)
-		if n.status != "sent" || n.providerID.String != fmt.Sprint("log-", o.ID) {
-			t.Errorf("%s: got %s with provider id %q, want sent with log-%d", ch, n.status, n.providerID.String, o.ID)
-		}
+		equal(t, ch+" status", n.status, "sent")
+		equal(t, ch+" provider id", n.providerID.String, fmt.Sprint("log-", o.ID))
 		want := render(notice{OrderID: o.ID, To: n.recipient, Name: c.Name, Item: o.Item, Amount: o.Amount, Currency: o.Currency, Time: o.Time})
 		if lines := logLines(t, ta.logs.String(), "order_id", o.ID, "channel", ch, "to", n.recipient, "message", want); len(lines) != 1 {
 			t.Errorf("%s: got %d log lines with the message, want 1; log:\n%s", ch, len(lines), ta.logs.String())
@@ -242,9 +231,7 @@ func TestNotifyEndToEndSMS(t *testing.T) {
 		{"no secret", ta.url + "/hooks/africastalking/", r.messageID, "Failed", "", 404},
 		{"no AT_CALLBACK_SECRET configured", other.url + "/hooks/africastalking/" + secret, r.messageID, "Success", "", 404},
 	} {
-		if code := fake.report(t, tc.url, tc.id, tc.status, tc.reason); code != tc.code {
-			t.Errorf("%s: got %d, want %d", tc.name, code, tc.code)
-		}
+		equal(t, tc.name, fake.report(t, tc.url, tc.id, tc.status, tc.reason), tc.code)
 	}
 	for body, status := range map[string]int{`{"id":"x","status":"Success"}`: 415, "status=Success&id=" + strings.Repeat("x", 64<<10): 400} {
 		contentType := map[int]string{415: "application/json", 400: "application/x-www-form-urlencoded"}[status]

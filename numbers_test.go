@@ -17,28 +17,20 @@ func TestNumbersCRUD(t *testing.T) {
 		t.Errorf("wire format:\n got  %s\n want %s", got, want)
 	}
 	loc := r.header.Get("Location")
-	if loc != fmt.Sprintf("/v1/numbers/%d", n.ID) {
-		t.Errorf("Location: got %q", loc)
-	}
-	if got := strings.TrimSpace(string(ta.do("GET", loc, nil).must(t, http.StatusOK).body)); got != want {
-		t.Errorf("get: got %s, want %s", got, want)
-	}
+	equal(t, "Location", loc, fmt.Sprintf("/v1/numbers/%d", n.ID))
+	equal(t, "get", strings.TrimSpace(string(ta.do("GET", loc, nil).must(t, http.StatusOK).body)), want)
 
 	t.Run("same digits conflict", func(t *testing.T) {
 		for _, v := range []string{"+5584912344321", "55 (84) 91234.4321"} {
 			p := ta.do("POST", "/v1/numbers", map[string]any{"value": v, "monthlyPrice": "1", "setupPrice": "1", "currency": "USD"}).must(t, http.StatusConflict).problem(t)
-			if !strings.Contains(p.Detail, "same digits") {
-				t.Errorf("detail: got %q, want it to say the digits are taken", p.Detail)
-			}
+			contains(t, "detail", p.Detail, "same digits")
 		}
 	})
 
 	t.Run("put replaces", func(t *testing.T) {
 		var got phoneNumber
 		ta.do("PUT", loc, map[string]any{"value": "+5584912344321", "monthlyPrice": "0.05", "setupPrice": "0", "currency": "BRL"}).must(t, http.StatusOK).json(t, &got)
-		if got != (phoneNumber{ID: n.ID, Value: "+5584912344321", MonthlyPrice: 5, SetupPrice: 0, Currency: "BRL"}) {
-			t.Errorf("after PUT: got %+v", got)
-		}
+		equal(t, "after PUT", got, phoneNumber{ID: n.ID, Value: "+5584912344321", MonthlyPrice: 5, SetupPrice: 0, Currency: "BRL"})
 		p := ta.do("PUT", loc, map[string]any{"value": "+5584912344321"}).must(t, http.StatusUnprocessableEntity).problem(t)
 		checkPointers(t, p, "#/monthyPrice", "#/setupPrice", "#/currency")
 		if p = ta.do("PUT", loc, map[string]any{"monthyPrice": "1", "setupPrice": "1"}).problem(t); p.Errors[0].Detail != "is required" || p.Errors[1].Detail != "is required" {
@@ -53,9 +45,7 @@ func TestNumbersCRUD(t *testing.T) {
 			t.Errorf("after PATCH: got %+v", got)
 		}
 		other := ta.do("POST", "/v1/numbers", map[string]any{"value": "+254 712 000 111", "monthyPrice": "1", "setupPrice": "1", "currency": "KES"}).must(t, http.StatusCreated)
-		var o phoneNumber
-		other.json(t, &o)
-		ta.do("PATCH", fmt.Sprintf("/v1/numbers/%d", o.ID), map[string]any{"value": "+55-84-91234-4321"}).must(t, http.StatusConflict).problem(t)
+		ta.do("PATCH", other.header.Get("Location"), map[string]any{"value": "+55-84-91234-4321"}).must(t, http.StatusConflict).problem(t)
 		ta.do("PATCH", loc, map[string]any{}).must(t, http.StatusUnprocessableEntity).problem(t)
 		ta.do("PATCH", "/v1/numbers/99999", map[string]any{"currency": "X"}).must(t, http.StatusNotFound).problem(t)
 		ta.do("PUT", "/v1/numbers/99999", map[string]any{"value": "+5584900000000", "monthyPrice": "1", "setupPrice": "1", "currency": "X"}).must(t, http.StatusNotFound).problem(t)
@@ -101,9 +91,7 @@ func TestNumbersValidation(t *testing.T) {
 			checkPointers(t, p, tc.pointers...)
 		})
 	}
-	if n := ta.count("phone_numbers"); n != 0 {
-		t.Errorf("numbers after refused creates: got %d, want 0", n)
-	}
+	equal(t, "numbers after refused creates", ta.count("phone_numbers"), 0)
 	// Both spellings with one value are accepted.
 	ta.do("POST", "/v1/numbers", map[string]any{"value": "+5584912344321", "monthyPrice": "1", "monthlyPrice": "1", "setupPrice": "1", "currency": "€"}).must(t, http.StatusCreated)
 }

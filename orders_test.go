@@ -23,18 +23,14 @@ func TestOrdersCreate(t *testing.T) {
 		r := ta.do("POST", "/v1/orders", map[string]any{"customer_id": c.ID, "item": "whole-exome-sequencing", "amount": "1250.00"}).must(t, http.StatusCreated)
 		var o order
 		r.json(t, &o)
-		if r.header.Get("Location") != fmt.Sprintf("/v1/orders/%d", o.ID) {
-			t.Errorf("Location: got %q", r.header.Get("Location"))
-		}
+		equal(t, "Location", r.header.Get("Location"), fmt.Sprintf("/v1/orders/%d", o.ID))
 		if o.CustomerID != c.ID || o.Item != "whole-exome-sequencing" || o.Amount != 125000 || o.Currency != "KES" || o.CreatedBy != "staff-1" {
 			t.Errorf("order: got %+v", o)
 		}
 		if o.Time.Before(before) || o.Time.After(time.Now().Add(time.Second)) || o.Time.Location() != time.UTC {
 			t.Errorf("time: got %v, want now in UTC", o.Time)
 		}
-		if !strings.Contains(string(r.body), `"amount":"1250.00"`) {
-			t.Errorf("amount is not a two-place string: %s", r.body)
-		}
+		contains(t, "the order, its amount a two-place string", string(r.body), `"amount":"1250.00"`)
 		if o.Notification == nil || o.Notification.Channel != "sms" || o.Notification.Status != "pending" {
 			t.Errorf("notification: got %+v, want pending sms", o.Notification)
 		}
@@ -59,9 +55,7 @@ func TestOrdersCreate(t *testing.T) {
 
 	t.Run("channel none", func(t *testing.T) {
 		r := ta.do("POST", "/v1/orders", map[string]any{"customer_id": c.ID, "item": "x", "amount": 0, "channel": "none"}).must(t, http.StatusCreated)
-		if !strings.Contains(string(r.body), `"notification":null`) {
-			t.Errorf("body: got %s, want notification null", r.body)
-		}
+		contains(t, "body", string(r.body), `"notification":null`)
 	})
 
 	t.Run("the edges of the time range", func(t *testing.T) {
@@ -114,13 +108,10 @@ func TestOrdersCreate(t *testing.T) {
 	if p.Detail != `customer_id must be a JSON number, not string` || len(p.Errors) != 1 || p.Errors[0].Pointer != "#/customer_id" {
 		t.Errorf("customer_id as a string: got %q %+v, want a JSON number at #/customer_id", p.Detail, p.Errors)
 	}
-	if ta.count("orders") != orders || ta.count("notifications") != notifications {
-		t.Errorf("refused orders changed the database")
-	}
+	equal(t, "orders after the refused ones", ta.count("orders"), orders)
+	equal(t, "notifications after the refused orders", ta.count("notifications"), notifications)
 	// Nor did they take order ids: the next order's id follows the last one's.
-	if next := ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}); next.ID != last.ID+1 {
-		t.Errorf("order ids: got %d after %d", next.ID, last.ID)
-	}
+	equal(t, "the next order id", ta.place(map[string]any{"customer_id": c.ID, "item": "x", "amount": "1"}).ID, last.ID+1)
 }
 
 // statementCounter counts the statements a connection sends.
@@ -139,44 +130,34 @@ func TestOrdersPlacedInOneStatement(t *testing.T) {
 	ta := newTestApp(t, nil)
 	c := ta.createCustomer("CUST-1", "+254712345678", nil)
 	cfg, err := pgx.ParseConfig(ta.cfg.databaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	counter := &statementCounter{}
 	cfg.Tracer = counter
 	traced := *ta.server
 	traced.store = &store{db: stdlib.OpenDB(*cfg)}
 	defer traced.store.close()
-	srv := httptest.NewServer(traced.auth.require("orders:write", http.HandlerFunc(traced.handleCreateOrder)))
+	srv := httptest.NewServer(traced.routes())
 	defer srv.Close()
-	importSrv := httptest.NewServer(traced.auth.require("orders:write", http.HandlerFunc(traced.handleImportOrders)))
-	defer importSrv.Close()
+	via := *ta // the app, served on the traced connections
+	via.url = srv.URL
 	body := fmt.Sprintf(`{"customer_id":%d,"item":"kit","amount":"1.00"}`, c.ID)
 	for _, tc := range []struct {
-		name, url, body, key string
-		want                 int64
+		name, path, body, key string
+		want                  int64
 	}{
-		{"no key", srv.URL, body, "", 1},
-		{"a new key", srv.URL, body, "key-1", 1},
-		{"a replay reads the first order", srv.URL, body, "key-1", 3},
-		{"an import of three", importSrv.URL, "[" + body + "," + body + "," + body + "]", "", 1},
+		{"no key", "/v1/orders", body, "", 1},
+		{"a new key", "/v1/orders", body, "key-1", 1},
+		{"a replay reads the first order", "/v1/orders", body, "key-1", 3},
+		{"an import of three", "/v1/orders/import", "[" + body + "," + body + "," + body + "]", "", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest("POST", tc.url, strings.NewReader(tc.body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+ta.token)
+			headers := map[string]string{"Authorization": "Bearer " + ta.token}
 			if tc.key != "" {
-				req.Header.Set("Idempotency-Key", tc.key)
+				headers["Idempotency-Key"] = tc.key
 			}
 			before := counter.n.Load()
-			res, err := http.DefaultClient.Do(req)
-			if err != nil || res.StatusCode != http.StatusCreated {
-				t.Fatalf("got %v %v, want 201", res, err)
-			}
-			res.Body.Close()
-			if got := counter.n.Load() - before; got != tc.want {
-				t.Errorf("statements: got %d, want %d", got, tc.want)
-			}
+			via.request("POST", tc.path, tc.body, "application/json", headers).must(t, http.StatusCreated)
+			equal(t, "statements", counter.n.Load()-before, tc.want)
 		})
 	}
 }
@@ -205,9 +186,7 @@ func TestOrdersListAndFilters(t *testing.T) {
 		{fmt.Sprintf("/v1/orders?customer_code=B&customer_id=%d", a.ID), ""},
 		{"/v1/orders?customer_code=NOBODY", ""},
 	} {
-		if got := items(tc.path); got != tc.want {
-			t.Errorf("%s: got %q, want %q", tc.path, got, tc.want)
-		}
+		equal(t, tc.path, items(tc.path), tc.want)
 	}
 	for _, path := range []string{"/v1/orders?customer_id=abc", "/v1/orders?customer_id=0", "/v1/orders?customer_code=bad%20code"} {
 		p := ta.do("GET", path, nil).must(t, http.StatusUnprocessableEntity).problem(t)
@@ -219,14 +198,10 @@ func TestOrdersListAndFilters(t *testing.T) {
 
 	// A stored time that RFC 3339 cannot show (written before the range was
 	// enforced) is a logged 500, never a 200 with an empty body.
-	if _, err := ta.store.db.Exec(`UPDATE orders SET time = '10000-01-01' WHERE item = 'item-0'`); err != nil {
-		t.Fatal(err)
-	}
+	ta.exec(`UPDATE orders SET time = '10000-01-01' WHERE item = 'item-0'`)
 	for _, path := range []string{"/v1/orders", fmt.Sprint("/v1/customers/", a.ID), "/v1/customers"} {
 		r := ta.do("GET", path, nil).must(t, http.StatusInternalServerError)
-		if line := ta.requestLog(r.header.Get("X-Request-Id")); !strings.Contains(fmt.Sprint(line["error"]), "encoding the response") {
-			t.Errorf("%s: log line %v, want the encoding error", path, line)
-		}
+		contains(t, path+": the logged error", fmt.Sprint(ta.requestLog(r.header.Get("X-Request-Id"))["error"]), "encoding the response")
 	}
 }
 
@@ -234,9 +209,7 @@ func TestOrdersImport(t *testing.T) {
 	ta := newTestApp(t, nil)
 	a := ta.createCustomer("A", "+254712345678", ptr("a@example.com"))
 	ta.createCustomer("B", "+254712345679", nil)
-	csvImport := func(query, body string) response {
-		return ta.request("POST", "/v1/orders/import"+query, body, "text/csv", map[string]string{"Authorization": "Bearer " + ta.token})
-	}
+	csvImport := func(query, body string) response { return ta.send("POST", "/v1/orders/import"+query, body, "text/csv") }
 
 	var res importResult
 	csvImport("", "customer_code,item,amount\nA,kit,12.50\nB,panel,3\n").must(t, http.StatusCreated).json(t, &res)
@@ -247,13 +220,10 @@ func TestOrdersImport(t *testing.T) {
 		t.Errorf("first imported order: got %+v", o)
 	}
 	csvImport("?notify=false", "customer_id,item,amount,currency,time,channel\n"+fmt.Sprint(a.ID)+",kit,1,USD,2026-01-01T00:00:00Z,email\n").must(t, http.StatusCreated).json(t, &res)
-	if ta.count("notifications") != 2 {
-		t.Errorf("notify=false queued a notification")
-	}
+	equal(t, "notifications after an import with notify=false", ta.count("notifications"), 2)
 	ta.do("POST", "/v1/orders/import", []map[string]any{{"customer_code": "A", "item": "j", "amount": 2}}).must(t, http.StatusCreated)
-	if ta.count("orders") != 4 || ta.count("notifications") != 3 {
-		t.Errorf("after JSON import: %d orders, %d notifications; want 4 and 3", ta.count("orders"), ta.count("notifications"))
-	}
+	equal(t, "orders after the JSON import", ta.count("orders"), 4)
+	equal(t, "notifications after the JSON import", ta.count("notifications"), 3)
 
 	before := ta.count("orders")
 	p := csvImport("", "customer_code,item,amount,time\nA,kit,1,\nNOPE,kit,1,\nB,kit,-1,\nB,kit,1,10000-01-01T00:00:00Z\nB,,x,\n").must(t, http.StatusUnprocessableEntity).problem(t)
@@ -275,7 +245,5 @@ func TestOrdersImport(t *testing.T) {
 	checkPointers(t, p, "#/1/customer_id")
 	csvImport("?notify=maybe", "customer_code,item,amount\nA,kit,1\n").must(t, http.StatusUnprocessableEntity).problem(t)
 	csvImport("", "customer_id,item,amount\nabc,kit,1\n").must(t, http.StatusUnprocessableEntity).problem(t)
-	if ta.count("orders") != before {
-		t.Errorf("orders after refused imports: got %d, want %d", ta.count("orders"), before)
-	}
+	equal(t, "orders after refused imports", ta.count("orders"), before)
 }

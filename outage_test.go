@@ -38,13 +38,9 @@ func (p *tcpProxy) setCut(cut bool) {
 // proxiedDB opens a pool to dbURL through a proxy that can cut it off.
 func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fatalIf(t, err)
 	p, target := &tcpProxy{}, u.Host
 	t.Cleanup(func() { ln.Close(); p.setCut(true) })
 	go func() {
@@ -65,12 +61,7 @@ func proxiedDB(t *testing.T, dbURL string) (*tcpProxy, *sql.DB) {
 		}
 	}()
 	u.Host = ln.Addr().String()
-	db, err := sql.Open("pgx", u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return p, db
+	return p, openDB(t, u.String())
 }
 
 // A live worker's heartbeat keeps a send that outlasts the lease its own:
@@ -161,8 +152,6 @@ func TestDatabaseUnavailableClassification(t *testing.T) {
 		{fmt.Errorf("reading the reply: %w", io.ErrUnexpectedEOF), true},
 		{errNotFound, false},
 	} {
-		if got := databaseUnavailable(tc.err); got != tc.want {
-			t.Errorf("%v: got %v, want %v", tc.err, got, tc.want)
-		}
+		equal(t, fmt.Sprint(tc.err), databaseUnavailable(tc.err), tc.want)
 	}
 }

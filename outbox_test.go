@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -59,12 +58,8 @@ func TestOutboxOutcomes(t *testing.T) {
 			if tc.status == "pending" && n.nextAttempt.Before(quiet.Add(-time.Second)) {
 				t.Errorf("next attempt: got %v, want not before %v", n.nextAttempt, quiet)
 			}
-			if got := sms.attempts(o.ID); got != tc.attempts {
-				t.Errorf("send attempts: got %d, want %d", got, tc.attempts)
-			}
-			if got := len(sms.notices()); got != tc.delivered {
-				t.Errorf("messages delivered: got %d, want %d", got, tc.delivered)
-			}
+			equal(t, "send attempts", sms.attempts(o.ID), tc.attempts)
+			equal(t, "messages delivered", len(sms.notices()), tc.delivered)
 			v := ta.getOrder(o.ID).Notification
 			if v == nil || v.Status != tc.status || v.Attempts != tc.attempts || (v.LastError != nil) != (tc.lastError != "") || (v.SentAt != nil) != (tc.status == "sent") {
 				t.Errorf("GET notification: got %+v, want the row's state", v)
@@ -95,9 +90,7 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // late duplicates would come from a row claimed twice
 	counts := perOrder(first, second)
 	for _, id := range ids {
-		if counts[id] != 1 {
-			t.Errorf("order %d: got %d deliveries, want exactly 1", id, counts[id])
-		}
+		equal(t, fmt.Sprint("deliveries of order ", id), counts[id], 1)
 	}
 	if len(counts) != orders || ta.count("notifications", "status <> 'sent' OR attempts <> 1") != 0 {
 		t.Errorf("orders delivered on the first attempt: got %d of %d", len(counts), orders)
@@ -110,16 +103,11 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 // otherWorker is a second replica's worker on the app's outbox: its own
 // connection pool and senders (every channel sends through s).
 func (ta *testApp) otherWorker(s Sender) *worker {
-	db, err := sql.Open("pgx", ta.cfg.databaseURL)
-	if err != nil {
-		ta.t.Fatal(err)
-	}
-	ta.t.Cleanup(func() { db.Close() })
 	cs := newChannels()
 	for name, ch := range ta.server.channels.byName {
 		cs.register(name, s, ch.address)
 	}
-	w := newWorker(db, cs, ta.log)
+	w := newWorker(openDB(ta.t, ta.cfg.databaseURL), cs, ta.log)
 	w.poll = 20 * time.Millisecond
 	return w
 }
@@ -183,9 +171,7 @@ func TestOutboxShutdownDrains(t *testing.T) {
 			if took := time.Since(cancelled); tc.status == "pending" && took >= tc.sendTime {
 				t.Errorf("run returned %v after cancellation, want about the drain, less than the send", took)
 			}
-			if got, want := slow.cancelled.Load(), map[string]int64{"sent": 0, "pending": 3}[tc.status]; got != want {
-				t.Errorf("sends cancelled: got %d, want %d", got, want)
-			}
+			equal(t, "sends cancelled", slow.cancelled.Load(), map[string]int64{"sent": 0, "pending": 3}[tc.status])
 			// Recorded before run returned: no waiting here.
 			for _, id := range ids {
 				if n := ta.outbox(id); n.status != tc.status || n.attempts != 1 || n.lastError.Valid != (tc.status == "pending") {

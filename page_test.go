@@ -97,18 +97,12 @@ func walk[T any](t *testing.T, ta *testApp, path string, id func(T) int64) []int
 func TestPaginationWalk(t *testing.T) {
 	ta := newTestApp(t, nil)
 	const n = 800
-	_, err := ta.store.db.Exec(`INSERT INTO customers (code, name, phone, created_by)
+	ta.exec(`INSERT INTO customers (code, name, phone, created_by)
 		SELECT 'P-' || lpad(i::text, 4, '0'), 'Customer', '+2547' || lpad(i::text, 8, '0'), 'seed'
 		FROM generate_series(0, $1 - 1) i`, n)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Orders in 8 distinct times, so that the id breaks most ties.
-	_, err = ta.store.db.Exec(`INSERT INTO orders (customer_id, item, amount, currency, time, created_by)
+	ta.exec(`INSERT INTO orders (customer_id, item, amount, currency, time, created_by)
 		SELECT id, 'kit', 1, 'KES', timestamptz '2026-01-01' + (id % 8) * interval '1 hour', 'seed' FROM customers`)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	for _, limit := range []int{1, 7, 20, 100} {
 		if limit == 1 && testing.Short() {
@@ -146,8 +140,6 @@ func TestPaginationWalk(t *testing.T) {
 		r.json(t, &first)
 		ta.createCustomer("LATE", "+254799999999", nil)
 		rest := walk(t, ta, "/v1/customers?limit=100&after="+*first.NextCursor, func(c customer) int64 { return c.ID })
-		if len(first.Data)+len(rest) != n+1 {
-			t.Errorf("got %d customers, want %d", len(first.Data)+len(rest), n+1)
-		}
+		equal(t, "customers", len(first.Data)+len(rest), n+1)
 	})
 }
