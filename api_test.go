@@ -207,9 +207,7 @@ func TestAPILargeBodiesAreBounded(t *testing.T) {
 	}
 	large := `{"code":"L-1","phone":"+254712345678","name":"` + strings.Repeat("x", smallBody) + `"}`
 	r := ta.do("POST", "/v1/customers", large).must(t, http.StatusServiceUnavailable)
-	if got := r.header.Get("Retry-After"); got != "5" {
-		t.Errorf("Retry-After: got %q, want 5", got)
-	}
+	equal(t, "Retry-After", r.header.Get("Retry-After"), "5")
 	ta.do("POST", "/v1/customers", map[string]any{"code": "L-2", "name": "A", "phone": "+254712345678"}).must(t, http.StatusCreated)
 
 	<-largeBodies
@@ -218,7 +216,5 @@ func TestAPILargeBodiesAreBounded(t *testing.T) {
 	for range cap(largeBodies) - 1 {
 		<-largeBodies
 	}
-	if got := ta.count("customers"); got != 1 {
-		t.Errorf("customers: got %d, want only the one with a small body", got)
-	}
+	equal(t, "customers, only the one with a small body", ta.count("customers"), 1)
 }

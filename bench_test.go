@@ -19,9 +19,7 @@ func BenchmarkDecodeOrder(b *testing.B) {
 		fatalIf(b, decodeStrict(body, &in))
 		c := newChecker()
 		in.check(now, fuzzChannels, c)
-		if c.err() != nil {
-			b.Fatal(c.err())
-		}
+		fatalIf(b, c.err())
 	}
 }
 
@@ -45,9 +43,8 @@ func BenchmarkVerifyToken(b *testing.B) {
 	for _, kid := range []string{"rsa-1", "ec-1"} {
 		key := testKey(kid)
 		tok := iss.sign(b, iss.claims("bench", allScopes...), withKey(key))
-		if _, err := auth.verify(context.Background(), tok); err != nil {
-			b.Fatal(err)
-		}
+		_, err := auth.verify(context.Background(), tok)
+		fatalIf(b, err)
 		for _, mode := range []string{"signature", "cached"} {
 			b.Run(key.Algorithm+"/"+mode, func(b *testing.B) {
 				b.ReportAllocs()
@@ -55,9 +52,8 @@ func BenchmarkVerifyToken(b *testing.B) {
 					if mode == "signature" {
 						clear(auth.verified)
 					}
-					if _, err := auth.verify(context.Background(), tok); err != nil {
-						b.Fatal(err)
-					}
+					_, err := auth.verify(context.Background(), tok)
+					fatalIf(b, err)
 				}
 			})
 		}

@@ -169,9 +169,7 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 	var one customer
 	r.json(t, &one)
 	ta.do("GET", "/v1/customers?after="+cursor{Kind: 'c', ID: a.ID}.encode(), nil).must(t, http.StatusOK).json(t, &page)
-	if !strings.Contains(string(r.body), `&after=`) {
-		t.Errorf("more_orders is not plain JSON: %s", r.body)
-	}
+	contains(t, "more_orders, in plain JSON", string(r.body), `&after=`)
 	for path, c := range map[string]customer{"get": one, "list": page.Data[0]} {
 		if len(c.Orders) != embeddedOrders || c.MoreOrders == nil {
 			t.Fatalf("%s: got %d orders and more_orders %v, want %d and a link", path, len(c.Orders), c.MoreOrders, embeddedOrders)

@@ -122,9 +122,7 @@ func (f *atFake) report(t testing.TB, callbackURL, messageID, status, failureRea
 		form.Set("failureReason", failureReason) // given only for Failed and Rejected
 	}
 	res, err := (&http.Client{Timeout: 10 * time.Second}).PostForm(callbackURL, form)
-	if err != nil {
-		t.Fatalf("posting a delivery report: %v", err)
-	}
+	fatalIf(t, err) // the error names the callback's URL
 	res.Body.Close()
 	return res.StatusCode
 }

@@ -76,9 +76,8 @@ func TestMoneyFormatAndJSON(t *testing.T) {
 func BenchmarkParseMoney(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := parseMoney("1250.00"); err != nil {
-			b.Fatal(err)
-		}
+		_, err := parseMoney("1250.00")
+		fatalIf(b, err)
 	}
 }
 
@@ -86,8 +85,7 @@ func BenchmarkMoneyMarshalText(b *testing.B) {
 	b.ReportAllocs()
 	m := Money(125000)
 	for b.Loop() {
-		if _, err := m.MarshalText(); err != nil {
-			b.Fatal(err)
-		}
+		_, err := m.MarshalText()
+		fatalIf(b, err)
 	}
 }

@@ -69,9 +69,8 @@ func TestNotifyRules(t *testing.T) {
 				t.Errorf("%s: route(%q) under %q: got %q to %q, want %q to %q", tt.name, item, tt.spec, got, address, want, wantAddress)
 			}
 		}
-		if got, _ := cs.route("kit", "email"); got != "email" {
-			t.Errorf("%s: the order's own channel: got %q, want email", tt.name, got)
-		}
+		got, _ := cs.route("kit", "email")
+		equal(t, tt.name+": the order's own channel", got, "email")
 	}
 }
 

@@ -13,9 +13,7 @@ func TestNumbersCRUD(t *testing.T) {
 	var n phoneNumber
 	r.json(t, &n)
 	want := fmt.Sprintf(`{"id":%d,"value":"+55 84 91234-4321","monthyPrice":"0.03","setupPrice":"3.40","currency":"U$"}`, n.ID)
-	if got := strings.TrimSpace(string(r.body)); got != want {
-		t.Errorf("wire format:\n got  %s\n want %s", got, want)
-	}
+	equal(t, "wire format", strings.TrimSpace(string(r.body)), want)
 	loc := r.header.Get("Location")
 	equal(t, "Location", loc, fmt.Sprintf("/v1/numbers/%d", n.ID))
 	equal(t, "get", strings.TrimSpace(string(ta.do("GET", loc, nil).must(t, http.StatusOK).body)), want)

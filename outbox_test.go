@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -220,9 +219,7 @@ func TestOutboxLeasesAndStaleOutcomes(t *testing.T) {
 		t.Errorf("re-claimed %v after the first claim at attempt %d, want no sooner than the 300ms lease, attempt 2", waited, second[0].attempts)
 	}
 	leased := ta.outbox(o.ID)
-	if second[0].notice != (notice{OrderID: o.ID, To: c.Phone, Name: c.Name, Item: "kit", Amount: 1000, Currency: "KES", Time: o.Time}) {
-		t.Errorf("claimed notice: got %+v", second[0].notice)
-	}
+	equal(t, "claimed notice", second[0].notice, notice{OrderID: o.ID, To: c.Phone, Name: c.Name, Item: "kit", Amount: 1000, Currency: "KES", Time: o.Time})
 	fresh.takeOff(t.Context(), second[0])
 	record := func(w *worker, c *claimed, err error) {
 		c.status, c.providerID, c.err = "sent", "id", err
@@ -233,16 +230,12 @@ func TestOutboxLeasesAndStaleOutcomes(t *testing.T) {
 	}
 	for _, err := range []error{nil, &SendError{Reason: "stale retryable"}} {
 		record(stale, first[0], err)
-		if n := ta.outbox(o.ID); n != leased {
-			t.Errorf("row after the stale outcome %v: got %+v, want %+v (the second claim untouched)", err, n, leased)
-		}
+		equal(t, fmt.Sprintf("row after the stale outcome %v (the second claim untouched)", err), ta.outbox(o.ID), leased)
 	}
 	record(fresh, second[0], nil)
 	record(stale, first[0], nil)
 	if n := ta.outbox(o.ID); n.status != "sent" || n.attempts != 2 || n.providerID.String != "id" {
 		t.Errorf("row after the current claim's outcome: got %+v, want sent at attempt 2", n)
 	}
-	if !strings.Contains(ta.logs.String(), "the lease had passed to another worker") {
-		t.Error("the discarded outcome was not logged")
-	}
+	contains(t, "the log", ta.logs.String(), "the lease had passed to another worker")
 }

@@ -246,8 +246,7 @@ func BenchmarkAfricasTalkingSend(b *testing.B) {
 	at := newTestSender(f, "ACME", 5*time.Second)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := at.Send(b.Context(), testNotice); err != nil {
-			b.Fatal(err)
-		}
+		_, err := at.Send(b.Context(), testNotice)
+		fatalIf(b, err)
 	}
 }
