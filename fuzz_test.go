@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -114,9 +115,7 @@ func FuzzBearerToken(f *testing.F) {
 		if want, ok := known[header]; ok && status != want {
 			t.Fatalf("seed %q: got status %d, want %d", header, status, want)
 		}
-		if reached.Load() != (status == http.StatusOK) {
-			t.Fatalf("header %q: handler reached %v with status %d", header, reached.Load(), status)
-		}
+		mustEqual(t, fmt.Sprintf("header %q, status %d: handler reached", header, status), reached.Load(), status == http.StatusOK)
 		switch status {
 		case http.StatusOK, http.StatusForbidden:
 			if !fuzzStillValid(iss, header) {
@@ -127,12 +126,8 @@ func FuzzBearerToken(f *testing.F) {
 			if header == "" {
 				want = "Bearer"
 			}
-			if got := rec.Header().Get("WWW-Authenticate"); got != want {
-				t.Fatalf("header %q: WWW-Authenticate: got %q, want %q", header, got, want)
-			}
-			if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
-				t.Fatalf("header %q: Content-Type: got %q, want application/problem+json", header, ct)
-			}
+			mustEqual(t, fmt.Sprintf("header %q: WWW-Authenticate", header), rec.Header().Get("WWW-Authenticate"), want)
+			mustEqual(t, fmt.Sprintf("header %q: Content-Type", header), rec.Header().Get("Content-Type"), "application/problem+json")
 		default:
 			t.Fatalf("header %q: got status %d, want 200, 401 or 403", header, status)
 		}
@@ -251,9 +246,7 @@ func FuzzDecodeOrder(f *testing.F) {
 		if passed && (o.amount < 0 || o.amount > maxMoney || o.time.Before(earliestTime) || o.time.After(latestTime) || o.time.Location() != time.UTC) {
 			t.Fatalf("body %q: accepted %+v, outside the amounts and times allowed", data, o)
 		}
-		if len(in.fingerprint(o)) != 32 {
-			t.Fatalf("body %q: the fingerprint is not a SHA-256", data)
-		}
+		mustEqual(t, fmt.Sprintf("body %q: the fingerprint's bytes (a SHA-256)", data), len(in.fingerprint(o)), 32)
 	})
 }
 
@@ -332,15 +325,11 @@ func FuzzParseMoney(f *testing.F) {
 		}
 		cents := new(big.Rat).Mul(r, hundred)
 		want := cents.IsInt() && r.Cmp(limit) <= 0
-		if (err == nil) != want {
-			t.Fatalf("parseMoney(%q): got %v, %v; exact arithmetic says accepted=%v", s, m, err, want)
-		}
+		mustEqual(t, fmt.Sprintf("parseMoney(%q) = %v, %v: accepted, as exact arithmetic says", s, m, err), err == nil, want)
 		if err != nil {
 			return
 		}
-		if cents.Num().Int64() != int64(m) {
-			t.Fatalf("parseMoney(%q) = %d cents, want %s", s, m, cents.Num())
-		}
+		mustEqual(t, fmt.Sprintf("parseMoney(%q) in cents", s), int64(m), cents.Num().Int64())
 		if m < 0 || m > maxMoney {
 			t.Fatalf("parseMoney(%q) = %d, outside 0..%d", s, m, maxMoney)
 		}

@@ -445,6 +445,15 @@ func equal[T comparable](t testing.TB, what string, got, want T) {
 	}
 }
 
+// mustEqual is equal for a value the rest of the test relies on: it stops
+// the test.
+func mustEqual[T comparable](t testing.TB, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("%s: got %#v, want %#v", what, got, want)
+	}
+}
+
 // contains fails the test, which goes on, unless s holds sub; what names s.
 func contains(t testing.TB, what, s, sub string) {
 	t.Helper()

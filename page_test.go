@@ -76,9 +76,7 @@ func walk[T any](t *testing.T, ta *testApp, path string, id func(T) int64) []int
 		}
 		link := r.header.Get("Link")
 		if page.NextCursor == nil {
-			if link != "" {
-				t.Fatalf("last page has a Link header %q", link)
-			}
+			mustEqual(t, "the last page's Link header", link, "")
 			break
 		}
 		target, isNext := strings.CutSuffix(link, `>; rel="next"`)
@@ -110,9 +108,7 @@ func TestPaginationWalk(t *testing.T) {
 		}
 		t.Run(fmt.Sprint("customers limit ", limit), func(t *testing.T) {
 			ids := walk(t, ta, fmt.Sprintf("/v1/customers?limit=%d", limit), func(c customer) int64 { return c.ID })
-			if len(ids) != n {
-				t.Fatalf("got %d customers, want %d", len(ids), n)
-			}
+			mustEqual(t, "customers", len(ids), n)
 			for i := 1; i < len(ids); i++ {
 				if ids[i] <= ids[i-1] {
 					t.Fatalf("ids out of order at %d: %d after %d", i, ids[i], ids[i-1])
@@ -124,9 +120,7 @@ func TestPaginationWalk(t *testing.T) {
 	t.Run("orders newest first", func(t *testing.T) {
 		var got []order
 		walk(t, ta, "/v1/orders?limit=33", func(o order) int64 { got = append(got, o); return o.ID })
-		if len(got) != n {
-			t.Fatalf("got %d orders, want %d", len(got), n)
-		}
+		mustEqual(t, "orders", len(got), n)
 		for i := 1; i < len(got); i++ {
 			o, prev := got[i], got[i-1]
 			if o.Time.After(prev.Time) || (o.Time.Equal(prev.Time) && o.ID >= prev.ID) {
