@@ -26,9 +26,8 @@ func TestCustomersCreateGetPatchDelete(t *testing.T) {
 
 	var got customer
 	ta.do("GET", r.header.Get("Location"), nil).must(t, http.StatusOK).json(t, &got)
-	if got.ID != c.ID || got.Code != c.Code {
-		t.Errorf("get: got %+v, want %+v", got, c)
-	}
+	equal(t, "id read back", got.ID, c.ID)
+	equal(t, "code read back", got.Code, c.Code)
 
 	t.Run("duplicate code", func(t *testing.T) {
 		r := ta.do("POST", "/v1/customers", map[string]any{"code": "CUST-0007", "name": "Other", "phone": "+254700000000"})
@@ -43,9 +42,8 @@ func TestCustomersCreateGetPatchDelete(t *testing.T) {
 			t.Errorf("after patch: got %+v", p)
 		}
 		ta.do("PATCH", r.header.Get("Location"), map[string]any{"email": nil}).must(t, http.StatusOK).json(t, &p)
-		if p.Email != nil || p.Name != "Amina W. Njoroge" {
-			t.Errorf("email: null should clear only the e-mail: got %+v", p)
-		}
+		equal(t, "e-mail after email: null", p.Email, nil)
+		equal(t, "name after email: null, which clears only the e-mail", p.Name, "Amina W. Njoroge")
 		ta.do("PATCH", r.header.Get("Location"), map[string]any{"email": "a@example.org"}).must(t, http.StatusOK).json(t, &p)
 		if p.Email == nil || *p.Email != "a@example.org" {
 			t.Errorf("email: got %v", p.Email)
@@ -69,9 +67,8 @@ func TestCustomersCreateGetPatchDelete(t *testing.T) {
 		}
 		var now customer
 		ta.do("GET", r.header.Get("Location"), nil).must(t, http.StatusOK).json(t, &now)
-		if now.Name != "Amina W. Njoroge" || now.Phone != "+254700000001" {
-			t.Errorf("a refused patch changed the customer: %+v", now)
-		}
+		equal(t, "name after the refused patches", now.Name, "Amina W. Njoroge")
+		equal(t, "phone after the refused patches", now.Phone, "+254700000001")
 		ta.do("PATCH", "/v1/customers/99999", map[string]any{"name": "X"}).must(t, http.StatusNotFound).problem(t)
 	})
 
@@ -92,9 +89,7 @@ func checkPointers(t *testing.T, p problem, pointers ...string) {
 		}
 		got = append(got, e.Pointer)
 	}
-	if strings.Join(got, " ") != strings.Join(pointers, " ") {
-		t.Errorf("pointers: got %v, want %v (problem %+v)", got, pointers, p)
-	}
+	equal(t, fmt.Sprintf("pointers (problem %+v)", p), strings.Join(got, " "), strings.Join(pointers, " "))
 }
 
 func TestCustomersValidation(t *testing.T) {
@@ -147,9 +142,8 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 	}
 	var got customer
 	ta.do("GET", fmt.Sprintf("/v1/customers/%d", a.ID), nil).must(t, http.StatusOK).json(t, &got)
-	if len(got.Orders) != 3 || got.MoreOrders != nil {
-		t.Fatalf("orders: got %d and more_orders %v, want 3 and null", len(got.Orders), got.MoreOrders)
-	}
+	mustEqual(t, "orders", len(got.Orders), 3)
+	mustEqual(t, "more_orders", got.MoreOrders, nil)
 	for i, want := range []string{"2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"} {
 		equal(t, fmt.Sprint("order ", i, " time"), got.Orders[i].Time.Format(time.RFC3339), want)
 	}
@@ -185,9 +179,8 @@ func TestCustomersCarryTheirNewestOrders(t *testing.T) {
 			}
 			seen[id] = true
 		}
-		if len(seen) != embeddedOrders+7 || len(rest) != 7 {
-			t.Errorf("%s: embedded and linked orders: got %d (%d linked), want %d", path, len(seen), len(rest), embeddedOrders+7)
-		}
+		equal(t, path+": embedded and linked orders", len(seen), embeddedOrders+7)
+		equal(t, path+": linked orders", len(rest), 7)
 	}
 }
 
@@ -201,9 +194,8 @@ func TestCustomersImport(t *testing.T) {
 			{"code": "J-1", "name": "One", "phone": "+254700000001"},
 			{"code": "J-2", "name": "Two", "phone": "+254700000002", "email": "two@example.com"},
 		}).must(t, http.StatusCreated).json(t, &res)
-		if res.Imported != 2 || len(res.IDs) != 2 {
-			t.Fatalf("result: got %+v", res)
-		}
+		mustEqual(t, "imported", res.Imported, 2)
+		mustEqual(t, "ids", len(res.IDs), 2)
 		var c customer
 		ta.do("GET", fmt.Sprintf("/v1/customers/%d", res.IDs[1]), nil).must(t, http.StatusOK).json(t, &c)
 		if c.Code != "J-2" || c.Email == nil || c.CreatedBy != "staff-1" {

@@ -283,9 +283,8 @@ func (ta *testApp) importOrders(code string, n int, notify bool) []int64 {
 	}
 	var res importResult
 	ta.do("POST", fmt.Sprint("/v1/orders/import?notify=", notify), rows).must(ta.t, http.StatusCreated).json(ta.t, &res)
-	if res.Imported != n || len(res.IDs) != n {
-		ta.t.Fatalf("import: got %d imported, %d ids, want %d", res.Imported, len(res.IDs), n)
-	}
+	mustEqual(ta.t, "orders imported", res.Imported, n)
+	mustEqual(ta.t, "ids of the imported orders", len(res.IDs), n)
 	return res.IDs
 }
 

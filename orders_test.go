@@ -213,9 +213,8 @@ func TestOrdersImport(t *testing.T) {
 
 	var res importResult
 	csvImport("", "customer_code,item,amount\nA,kit,12.50\nB,panel,3\n").must(t, http.StatusCreated).json(t, &res)
-	if res.Imported != 2 || ta.count("notifications") != 2 {
-		t.Fatalf("got %+v and %d notifications, want 2 and 2", res, ta.count("notifications"))
-	}
+	mustEqual(t, "imported", res.Imported, 2)
+	mustEqual(t, "notifications", ta.count("notifications"), 2)
 	if o := ta.getOrder(res.IDs[0]); o.CustomerID != a.ID || o.Item != "kit" || o.Amount != 1250 {
 		t.Errorf("first imported order: got %+v", o)
 	}

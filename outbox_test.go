@@ -91,9 +91,8 @@ func TestOutboxTwoWorkersNoDuplicates(t *testing.T) {
 	for _, id := range ids {
 		equal(t, fmt.Sprint("deliveries of order ", id), counts[id], 1)
 	}
-	if len(counts) != orders || ta.count("notifications", "status <> 'sent' OR attempts <> 1") != 0 {
-		t.Errorf("orders delivered on the first attempt: got %d of %d", len(counts), orders)
-	}
+	equal(t, "orders delivered", len(counts), orders)
+	equal(t, "notifications not sent on the first attempt", ta.count("notifications", "status <> 'sent' OR attempts <> 1"), 0)
 	if a, b := len(first.notices()), len(second.notices()); a == 0 || b == 0 {
 		t.Errorf("deliveries per worker: got %d and %d, want both workers to take part (else the test shows nothing)", a, b)
 	}
