@@ -203,8 +203,6 @@ func parseMail(t testing.TB, data string) (mail.Header, string) {
 		t.Fatalf("received mail does not parse: %v\n%s", err, data)
 	}
 	b, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
-	if err != nil {
-		t.Fatalf("body: %v", err)
-	}
+	fatalIf(t, err) // quotedprintable's errors say what is wrong with the body
 	return msg.Header, string(b)
 }

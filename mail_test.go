@@ -201,9 +201,8 @@ func TestSMTPMailerSend(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || len(got) != 1 {
-				t.Fatalf("got error %v and %d messages, want none and 1", err, len(got))
-			}
+			fatalIf(t, err)
+			mustEqual(t, "messages", len(got), 1)
 			if g := got[0]; g.from != testFrom || len(g.to) != 1 || g.to[0] != "ann@example.org" || g.auth != tc.wantAuth || g.ehlo != "mailer.shop.example" || g.tls != tc.wantTLS {
 				t.Errorf("got %+v; want from %s to ann@example.org, AUTH %q, EHLO mailer.shop.example, TLS %v", g, testFrom, tc.wantAuth, tc.wantTLS)
 			}
@@ -222,10 +221,8 @@ func TestSMTPMailerSend(t *testing.T) {
 			if want := regexp.MustCompile(`^<[A-Z2-7]{26}\.12@shop\.example>$`); !want.MatchString(id) || h.Get("Message-Id") != id {
 				t.Errorf("got Message-ID %q and provider id %q, want equal and matching %s", h.Get("Message-Id"), id, want)
 			}
-			if want := "Hello Zoë Wanjirũ Kamau,\r\n\r\nYour order #12 has been placed:\r\n\r\nItem:   " + mailNotice("").Item +
-				"\r\nAmount: KES 1250.00\r\nTime:   Saturday, 21 November 2026, 09:30 UTC\r\n\r\nThank you!\r\n"; body != want {
-				t.Errorf("got body %q, want %q", body, want)
-			}
+			equal(t, "body", body, "Hello Zoë Wanjirũ Kamau,\r\n\r\nYour order #12 has been placed:\r\n\r\nItem:   "+mailNotice("").Item+
+				"\r\nAmount: KES 1250.00\r\nTime:   Saturday, 21 November 2026, 09:30 UTC\r\n\r\nThank you!\r\n")
 		})
 	}
 }

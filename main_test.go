@@ -158,9 +158,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Errorf("run: got %v, want nil after a clean shutdown", err)
-		}
+		equal(t, "run's error after a clean shutdown", err, nil)
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return after cancellation")
 	}

@@ -60,9 +60,8 @@ func TestMoneyFormatAndJSON(t *testing.T) {
 		}
 	}
 	var m Money
-	if err := m.Scan("12.30"); err != nil || m != 1230 {
-		t.Errorf("Scan: got %d, %v", m, err)
-	}
+	fatalIf(t, m.Scan("12.30"))
+	equal(t, "scanned", m, 1230)
 	for _, bad := range []any{12.3, "-1.00", nil} {
 		if err := m.Scan(bad); err == nil {
 			t.Errorf("Scan accepted %#v", bad)

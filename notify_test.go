@@ -139,9 +139,7 @@ func TestNotifyRouting(t *testing.T) {
 	t.Run("imports", func(t *testing.T) {
 		fatalIf(t, ta.server.channels.setRules("lab-*=email,*=sms"))
 		for _, id := range ta.importOrders("C-MAIL", 3, false) {
-			if n := ta.getOrder(id).Notification; n != nil {
-				t.Errorf("order %d imported with notify=false: got notification %+v, want null", id, *n)
-			}
+			equal(t, fmt.Sprintf("order %d imported with notify=false: notification", id), ta.getOrder(id).Notification, nil)
 		}
 		var res importResult
 		csv := "customer_code,item,amount\nC-MAIL,lab-panel,10.00\nC-MAIL,kit,11.00\nC-NOMAIL,lab-panel,12.00\nC-NOMAIL,kit,13.00\n"

@@ -39,9 +39,7 @@ func TestNumbersCRUD(t *testing.T) {
 	t.Run("patch merges", func(t *testing.T) {
 		var got phoneNumber
 		ta.do("PATCH", loc, map[string]any{"monthyPrice": "1.10"}).must(t, http.StatusOK).json(t, &got)
-		if got.MonthlyPrice != 110 || got.Currency != "BRL" || got.Value != "+5584912344321" {
-			t.Errorf("after PATCH: got %+v", got)
-		}
+		equal(t, "after PATCH", got, phoneNumber{ID: n.ID, Value: "+5584912344321", MonthlyPrice: 110, SetupPrice: 0, Currency: "BRL"})
 		other := ta.do("POST", "/v1/numbers", map[string]any{"value": "+254 712 000 111", "monthyPrice": "1", "setupPrice": "1", "currency": "KES"}).must(t, http.StatusCreated)
 		ta.do("PATCH", other.header.Get("Location"), map[string]any{"value": "+55-84-91234-4321"}).must(t, http.StatusConflict).problem(t)
 		ta.do("PATCH", loc, map[string]any{}).must(t, http.StatusUnprocessableEntity).problem(t)

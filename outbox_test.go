@@ -211,9 +211,8 @@ func TestOutboxLeasesAndStaleOutcomes(t *testing.T) {
 		t.Errorf("claim of its own row in flight: got %d rows, %v; want none", len(own), err)
 	}
 	second, err := fresh.claim(t.Context(), 10)
-	if err != nil || len(second) != 1 {
-		t.Fatalf("another worker's claim once the lease lapsed: got %d rows, %v; want the row", len(second), err)
-	}
+	fatalIf(t, err)
+	mustEqual(t, "rows of another worker's claim once the lease lapsed", len(second), 1)
 	if waited := time.Since(claimedAt); waited < 300*time.Millisecond || second[0].attempts != 2 {
 		t.Errorf("re-claimed %v after the first claim at attempt %d, want no sooner than the 300ms lease, attempt 2", waited, second[0].attempts)
 	}
