@@ -65,18 +65,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// drill is what every drill starts with: a token issuer, the gateway, and a
-// token with every scope for the load.
+// drill is what every drill starts with: the database its processes share, a
+// token issuer, the gateway, and a token with every scope for the load.
 type drill struct {
 	t     *testing.T
+	dbURL string
 	oidc  *fakeOIDC
 	at    *atFake
 	token string
 }
 
-func newDrill(t *testing.T) *drill {
+func newDrill(t *testing.T, dbURL string) *drill {
 	oidc := newFakeOIDC(t)
-	d := &drill{t: t, oidc: oidc, at: newATFake(t, drillAPIKey), token: oidc.token(t, "drill", allScopes...)}
+	d := &drill{t: t, dbURL: dbURL, oidc: oidc, at: newATFake(t, drillAPIKey), token: oidc.token(t, "drill", allScopes...)}
 	d.at.delay.Store(int64(drillGatewayDelay))
 	return d
 }
@@ -94,15 +95,15 @@ type drillService struct {
 	starts int
 }
 
-// start runs a process of the binary named name on dbURL, on a port of its
-// own, and waits until it is ready. It signs in to the gateway as name, so
+// start runs a process of the binary named name on the drill's database, on
+// a port of its own, and waits until it is ready. It signs in to the gateway as name, so
 // that the gateway's records tell replicas apart. The process is stopped when
 // the drill ends, and its log shown if the drill failed.
-func (d *drill) start(name, dbURL string) *drillService {
+func (d *drill) start(name string) *drillService {
 	d.t.Helper()
 	port := freePort(d.t)
 	s := &drillService{t: d.t, name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), dir: d.t.TempDir(), env: []string{
-		"DATABASE_URL=" + dbURL,
+		"DATABASE_URL=" + d.dbURL,
 		"PORT=" + strconv.Itoa(port),
 		"OIDC_ISSUER_URL=" + d.oidc.url,
 		"OIDC_AUDIENCE=" + d.oidc.audience,
@@ -352,11 +353,11 @@ func drillDrained(db *sql.DB) func() bool {
 // twice or never answered, any notification not sent or not at the gateway,
 // and any message accepted twice unless inWindow (nil: none) says it is in
 // the documented crash window, of which at most maxConcurrentSends.
-func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration, inWindow func(order int64, sends []atSend) bool) drillOutcome {
+func (d *drill) verify(name string, load *drillLoad, settle time.Duration, inWindow func(order int64, sends []atSend) bool) drillOutcome {
 	t := d.t
 	t.Helper()
 	load.wg.Wait()
-	db := openDB(t, dbURL)
+	db := openDB(t, d.dbURL)
 	began := time.Now()
 	eventually(t, settle, "the outbox drained", drillDrained(db))
 	settled := time.Since(began).Round(10 * time.Millisecond)
@@ -452,9 +453,8 @@ func (d *drill) verify(name, dbURL string, load *drillLoad, settle time.Duration
 // fast as before (the gateway is never on the request's path), and once it
 // recovers every notification is delivered, once.
 func TestDrillGatewayDown(t *testing.T) {
-	d := newDrill(t)
-	dbURL := testSchemaURL(t)
-	svc := d.start("service", dbURL)
+	d := newDrill(t, testSchemaURL(t))
+	svc := d.start("service")
 	const outageFrom, outageTo = 5 * time.Second, 15 * time.Second
 	load := d.load([]*drillService{svc}, 20*time.Second, 50*time.Second)
 	failures := []http.HandlerFunc{atAnswer(http.StatusServiceUnavailable, "text/plain", "Service Unavailable"), atDrop, atHang}
@@ -481,7 +481,7 @@ func TestDrillGatewayDown(t *testing.T) {
 	}
 	// Retries follow the backoff (about 2 s doubling, with jitter) and hung
 	// sends end at the sender's 15 s timeout, so all are due within a minute.
-	d.verify("GatewayDown", dbURL, load, 90*time.Second, nil)
+	d.verify("GatewayDown", load, 90*time.Second, nil)
 }
 
 // TestDrillKilled: a process is SIGKILLed in the middle of the load, while
@@ -504,12 +504,11 @@ func TestDrillKilled(t *testing.T) {
 		{"ReplicaLeftDead", 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDrill(t)
+			d := newDrill(t, testSchemaURL(t))
 			d.at.delay.Store(int64(250 * time.Millisecond))
-			dbURL := testSchemaURL(t)
 			var replicas []*drillService
 			for i := range tc.replicas {
-				replicas = append(replicas, d.start(fmt.Sprint("replica-", i), dbURL))
+				replicas = append(replicas, d.start(fmt.Sprint("replica-", i)))
 			}
 			dead := replicas[0]
 			load := d.load(replicas, 15*time.Second, 45*time.Second)
@@ -529,7 +528,7 @@ func TestDrillKilled(t *testing.T) {
 				id, _ := line["order_id"].(float64)
 				recorded[int64(id)] = true
 			}
-			out := d.verify("Killed/"+tc.name, dbURL, load, time.Minute, func(id int64, sends []atSend) bool {
+			out := d.verify("Killed/"+tc.name, load, time.Minute, func(id int64, sends []atSend) bool {
 				return len(sends) == 2 && sends[0].username == dead.name && sends[0].at.Before(killed) &&
 					sends[1].at.After(killed) && !recorded[id]
 			})
@@ -614,8 +613,7 @@ func (c *drillCluster) run(prog string, args ...string) error {
 	if found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + prog); err != nil && len(found) > 0 {
 		path = slices.Max(found)
 	}
-	out, err := exec.Command(c.as[0], append(c.as[1:], append([]string{path}, args...)...)...).CombinedOutput()
-	if err != nil {
+	if out, err := exec.Command(c.as[0], append(c.as[1:], append([]string{path}, args...)...)...).CombinedOutput(); err != nil {
 		return fmt.Errorf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
 	}
 	return nil
@@ -635,9 +633,9 @@ func (c *drillCluster) ctl(args ...string) {
 // there, and no message was sent twice: the process knew every outcome, so a
 // resend here would be one the service could have avoided.
 func TestDrillPostgresRestarted(t *testing.T) {
-	d := newDrill(t)
 	cluster := newDrillCluster(t)
-	svc := d.start("service", cluster.url)
+	d := newDrill(t, cluster.url)
+	svc := d.start("service")
 	load := d.load([]*drillService{svc}, 15*time.Second, 60*time.Second)
 	time.Sleep(time.Until(load.start.Add(5 * time.Second)))
 	cluster.ctl("-m", "fast", "stop")
@@ -653,7 +651,7 @@ func TestDrillPostgresRestarted(t *testing.T) {
 	if len(readyz) != 1 || readyz[http.StatusServiceUnavailable] == 0 {
 		t.Errorf("/readyz while the database was down: got %v (status: count), want 503 only", readyz)
 	}
-	d.verify("PostgresRestarted", cluster.url, load, time.Minute, nil)
+	d.verify("PostgresRestarted", load, time.Minute, nil)
 	if !svc.alive() || svc.starts != 1 {
 		t.Errorf("the service process: got alive %v after %d starts, want alive after 1", svc.alive(), svc.starts)
 	}
@@ -664,15 +662,14 @@ func TestDrillPostgresRestarted(t *testing.T) {
 // due at once, found by both workers' polls, so they contend for the same
 // rows; still every notification is delivered exactly once.
 func TestDrillTwoReplicas(t *testing.T) {
-	d := newDrill(t)
-	dbURL := testSchemaURL(t)
-	replicas := []*drillService{d.start("replica-a", dbURL), d.start("replica-b", dbURL)}
+	d := newDrill(t, testSchemaURL(t))
+	replicas := []*drillService{d.start("replica-a"), d.start("replica-b")}
 	load := d.load(replicas, 15*time.Second, 45*time.Second)
 	time.Sleep(time.Until(load.start.Add(5 * time.Second)))
 	d.at.setReply(atAnswer(http.StatusServiceUnavailable, "text/plain", "Service Unavailable"))
 	time.Sleep(time.Until(load.start.Add(8 * time.Second)))
 	d.at.setReply(nil)
-	out := d.verify("TwoReplicas", dbURL, load, 90*time.Second, nil)
+	out := d.verify("TwoReplicas", load, 90*time.Second, nil)
 	sent := map[string]int{}
 	for _, sends := range out.accepted {
 		for _, s := range sends {
@@ -692,13 +689,12 @@ func TestDrillTwoReplicas(t *testing.T) {
 // queued are sent. It prints a table of the peaks for the README.
 func TestDrillMemory(t *testing.T) {
 	const budget = 256 << 20
-	d := newDrill(t)
-	dbURL := testSchemaURL(t)
-	idle := d.start("memory-idle", dbURL) // which also applies the schema for the rows below
+	d := newDrill(t, testSchemaURL(t))
+	idle := d.start("memory-idle") // which also applies the schema for the rows below
 	table := []string{"| case | at once | peak RSS | answers |", "|---|---|---|---|",
 		fmt.Sprintf("| idle, after start-up | 1 | %d MiB | |", drillPeakRSS(t, idle)>>20)}
 	idle.stop()
-	db := openDB(t, dbURL)
+	db := openDB(t, d.dbURL)
 	// A first page of 100 customers, each with more orders than a customer
 	// embeds, the first with 100,000.
 	var heavy int64
@@ -758,7 +754,7 @@ func TestDrillMemory(t *testing.T) {
 	}
 	for i, c := range cases {
 		for _, n := range c.copies {
-			svc := d.start(fmt.Sprintf("memory-%d-%d", i, n), dbURL)
+			svc := d.start(fmt.Sprintf("memory-%d-%d", i, n))
 			client, bodies := drillSlowClient(), make([][]byte, n)
 			if c.body != nil {
 				client = &http.Client{Timeout: 2 * time.Minute}
