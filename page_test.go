@@ -22,15 +22,13 @@ func TestCursorRoundTrip(t *testing.T) {
 		{Kind: 'o', Time: time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC), ID: 9},
 	} {
 		got, ok := decodeCursor(c.encode(), c.Kind)
-		if !ok || got != c {
-			t.Errorf("%+v: got %+v, %v", c, got, ok)
-		}
+		equal(t, fmt.Sprintf("%+v decodes", c), ok, true)
+		equal(t, fmt.Sprintf("%+v decoded", c), got, c)
 	}
 	bad := []string{"", "!!", "Yy4tMQ", "Yy4w", "Yy56ei4x", "eC41", cursor{Kind: 'c', ID: 5}.encode() + "x", cursor{Kind: 'o', Time: at, ID: 5}.encode()}
 	for _, s := range bad {
-		if _, ok := decodeCursor(s, 'c'); ok {
-			t.Errorf("%q: decoded as a customers cursor", s)
-		}
+		_, ok := decodeCursor(s, 'c')
+		equal(t, fmt.Sprintf("%q decodes as a customers cursor", s), ok, false)
 	}
 	// Orders cursors whose time PostgreSQL or RFC 3339 cannot hold.
 	for _, s := range []string{"by4tM2RtajBsdzl0cWJrLjE", cursor{Kind: 'o', Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), ID: 1}.encode(),
