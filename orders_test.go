@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -129,12 +130,14 @@ func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQu
 func TestOrdersPlacedInOneStatement(t *testing.T) {
 	ta := newTestApp(t, nil)
 	c := ta.createCustomer("CUST-1", "+254712345678", nil)
-	cfg, err := pgx.ParseConfig(ta.cfg.databaseURL)
+	cfg, err := pgxpool.ParseConfig(ta.cfg.databaseURL)
 	fatalIf(t, err)
 	counter := &statementCounter{}
-	cfg.Tracer = counter
+	cfg.ConnConfig.Tracer = counter
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	fatalIf(t, err)
 	traced := *ta.server
-	traced.store = &store{db: stdlib.OpenDB(*cfg)}
+	traced.store = &store{db: stdlib.OpenDBFromPool(pool), pool: pool}
 	defer traced.store.close()
 	srv := httptest.NewServer(traced.routes())
 	defer srv.Close()
