@@ -427,10 +427,11 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// fatalIf stops the test on an error it cannot go on from.
+// fatalIf stops the test on an error it cannot go on from. It marks itself
+// a helper only then, since Helper costs more than a benchmarked call.
 func fatalIf(t testing.TB, err error) {
-	t.Helper()
 	if err != nil {
+		t.Helper()
 		t.Fatal(err)
 	}
 }
