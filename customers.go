@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"net/http"
 	"strconv"
 	"time"
@@ -45,22 +44,14 @@ type customerInput struct {
 
 // check reports every rule the input breaks; an empty e-mail means none.
 func (in *customerInput) check(c *checker) {
-	if d := checkCode(in.Code); d != "" {
-		c.add("code", d)
-	}
-	if d := checkText(in.Name, 200); d != "" {
-		c.add("name", d)
-	}
-	if d := checkE164(in.Phone); d != "" {
-		c.add("phone", d)
-	}
+	c.add("code", checkCode(in.Code))
+	c.add("name", checkText(in.Name, 200))
+	c.add("phone", checkE164(in.Phone))
 	if in.Email != nil && *in.Email == "" {
 		in.Email = nil
 	}
 	if in.Email != nil {
-		if d := checkEmail(*in.Email); d != "" {
-			c.add("email", d)
-		}
+		c.add("email", checkEmail(*in.Email))
 	}
 }
 
@@ -72,22 +63,20 @@ type customerPatch struct {
 	Email optional[string] `json:"email"`
 }
 
+// check refuses a null name or phone as the rules refuse an empty one: null
+// leaves Value empty.
 func (p *customerPatch) check(c *checker) {
 	if p.Name.Set {
-		if d := checkText(p.Name.Value, 200); p.Name.Null || d != "" {
-			c.add("name", cmp.Or(d, "must not be null"))
-		}
+		c.add("name", checkText(p.Name.Value, 200))
 	}
 	if p.Phone.Set {
-		if d := checkE164(p.Phone.Value); p.Phone.Null || d != "" {
-			c.add("phone", cmp.Or(d, "must not be null"))
-		}
+		c.add("phone", checkE164(p.Phone.Value))
 	}
 	if p.Email.Set && !p.Email.Null {
 		if p.Email.Value == "" {
 			p.Email.Null = true
-		} else if d := checkEmail(p.Email.Value); d != "" {
-			c.add("email", d)
+		} else {
+			c.add("email", checkEmail(p.Email.Value))
 		}
 	}
 	if !p.Name.Set && !p.Phone.Set && !p.Email.Set {

@@ -85,8 +85,12 @@ func (c *checker) at(i int, csv bool) {
 	c.index, c.prefix, c.csv = i, "#/"+strconv.Itoa(i), csv
 }
 
-// add records that the member name is bad, as detail says.
+// add records that the member name is bad, as detail says; an empty detail,
+// what the rules return for a good value, records nothing.
 func (c *checker) add(name, detail string) {
+	if detail == "" {
+		return
+	}
 	f := fieldError{Pointer: c.prefix + "/" + name, Detail: detail}
 	if c.csv {
 		row := c.index + 1

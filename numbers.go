@@ -43,9 +43,7 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 	case !in.Value.Set && !partial:
 		c.add("value", "is required")
 	case in.Value.Set:
-		if d := checkNumberValue(in.Value.Value); d != "" {
-			c.add("value", d)
-		}
+		c.add("value", checkNumberValue(in.Value.Value))
 		p.value = ptr(strings.TrimSpace(in.Value.Value))
 		p.digits = ptr(digitsOf(*p.value))
 	}
@@ -61,9 +59,7 @@ func (in *numberInput) check(partial bool, c *checker) numberPatch {
 	case !in.Currency.Set && !partial:
 		c.add("currency", "is required")
 	case in.Currency.Set:
-		if d := checkNumberCurrency(in.Currency.Value); d != "" {
-			c.add("currency", d)
-		}
+		c.add("currency", checkNumberCurrency(in.Currency.Value))
 		p.currency = &in.Currency.Value
 	}
 	if p == (numberPatch{}) {

@@ -66,21 +66,16 @@ func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
 	default:
 		o.customerCode = *in.CustomerCode
 	}
-	if d := checkText(in.Item, 200); d != "" {
-		c.add("item", d)
-	}
+	c.add("item", checkText(in.Item, 200))
 	o.amount = *in.Amount.check("amount", true, c)
 	if in.Currency != nil {
-		if d := checkCurrency(*in.Currency); d != "" {
-			c.add("currency", d)
-		}
+		c.add("currency", checkCurrency(*in.Currency))
 		o.currency = *in.Currency
 	}
 	if in.Time != nil {
 		var d string
-		if o.time, d = parseTime(*in.Time); d != "" {
-			c.add("time", d)
-		}
+		o.time, d = parseTime(*in.Time)
+		c.add("time", d)
 	}
 	named := ""
 	if in.Channel != nil {
