@@ -144,9 +144,5 @@ func where(i int, csv bool) string {
 // customerFromCSV turns a CSV record into the input a JSON row would give;
 // an empty e-mail cell means none.
 func customerFromCSV(rec map[string]string) customerInput {
-	in := customerInput{Code: rec["code"], Name: rec["name"], Phone: rec["phone"]}
-	if e := rec["email"]; e != "" {
-		in.Email = &e
-	}
-	return in
+	return customerInput{Code: rec["code"], Name: rec["name"], Phone: rec["phone"], Email: cell(rec, "email")}
 }

@@ -180,6 +180,15 @@ func (s *shortLines) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// cell returns a CSV record's cell, or nil for an empty one: an empty cell
+// is an absent field.
+func cell(rec map[string]string, name string) *string {
+	if v := rec[name]; v != "" {
+		return &v
+	}
+	return nil
+}
+
 // csvError reports a CSV syntax error with its line, or a body too large.
 func csvError(err error) error {
 	if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {

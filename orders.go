@@ -232,14 +232,9 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 // orderFromCSV turns a CSV record into the input a JSON row would give;
 // empty cells are absent fields.
 func orderFromCSV(rec map[string]string) orderInput {
-	cell := func(name string) *string {
-		if v := rec[name]; v != "" {
-			return &v
-		}
-		return nil
-	}
-	in := orderInput{Item: rec["item"], CustomerCode: cell("customer_code"), Currency: cell("currency"), Time: cell("time"), Channel: cell("channel")}
-	if v := cell("customer_id"); v != nil {
+	in := orderInput{Item: rec["item"], CustomerCode: cell(rec, "customer_code"), Currency: cell(rec, "currency"),
+		Time: cell(rec, "time"), Channel: cell(rec, "channel")}
+	if v := cell(rec, "customer_id"); v != nil {
 		id, err := strconv.ParseInt(*v, 10, 64)
 		if err != nil {
 			id = -1 // reported by check as not a positive integer
