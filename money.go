@@ -45,16 +45,15 @@ func parseMoney(s string) (Money, error) {
 
 // String formats m with exactly two decimal places.
 func (m Money) String() string {
-	return string(m.appendTo(make([]byte, 0, 16)))
-}
-
-func (m Money) appendTo(b []byte) []byte {
-	b = strconv.AppendInt(b, int64(m/100), 10)
-	return append(b, '.', byte('0'+m%100/10), byte('0'+m%10))
+	b, _ := m.MarshalText()
+	return string(b)
 }
 
 // MarshalText writes m as String does; JSON carries it as a string, "3.40".
-func (m Money) MarshalText() ([]byte, error) { return m.appendTo(make([]byte, 0, 16)), nil }
+func (m Money) MarshalText() ([]byte, error) {
+	b := strconv.AppendInt(make([]byte, 0, 16), int64(m/100), 10)
+	return append(b, '.', byte('0'+m%100/10), byte('0'+m%10)), nil
+}
 
 // UnmarshalText reads the text MarshalText writes.
 func (m *Money) UnmarshalText(b []byte) (err error) {
