@@ -75,10 +75,8 @@ func checkNumberValue(s string) string {
 	if n := len(digitsOf(s)); n < 8 || n > 15 || len(s) > 32 {
 		return "must hold 8 to 15 digits, e.g. +55 84 91234-4321 or +5584912344321"
 	}
-	for i, r := range s {
-		if !(r >= '0' && r <= '9' || r == ' ' || r == '-' || r == '(' || r == ')' || r == '.' || r == '+' && i == 0) {
-			return "may hold only digits, spaces, '-', '(', ')', '.' and a leading '+', e.g. +55 84 91234-4321"
-		}
+	if strings.Trim(strings.TrimPrefix(s, "+"), "0123456789 -().") != "" {
+		return "may hold only digits, spaces, '-', '(', ')', '.' and a leading '+', e.g. +55 84 91234-4321"
 	}
 	return ""
 }

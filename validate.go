@@ -109,7 +109,7 @@ func digitsOf(s string) string {
 
 // allDigits reports whether s is one or more ASCII digits.
 func allDigits(s string) bool {
-	return s != "" && !strings.ContainsFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 // optional is a JSON field that can be absent, null, or a value: PATCH needs
