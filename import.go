@@ -167,15 +167,14 @@ type shortLines struct {
 
 func (s *shortLines) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
-	for rest := p[:n]; len(rest) > 0; {
-		line, after, found := bytes.Cut(rest, []byte("\n"))
-		if s.run += len(line); s.run > maxCSVLine {
+	for line := range bytes.Lines(p[:n]) {
+		text, ended := bytes.CutSuffix(line, []byte("\n"))
+		if s.run += len(text); s.run > maxCSVLine {
 			return 0, fmt.Errorf("a line is longer than %d KiB", maxCSVLine>>10)
 		}
-		if found {
+		if ended {
 			s.run = 0
 		}
-		rest = after
 	}
 	return n, err
 }
