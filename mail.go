@@ -111,7 +111,7 @@ func checkAddress(addr string) error {
 // an IP address. Neither "localhost" nor a container's bare id passes.
 func isDomainName(name string) bool {
 	return strings.Contains(name, ".") && net.ParseIP(name) == nil &&
-		strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") == ""
+		strings.Trim(name, alphanumeric+"-.") == ""
 }
 
 // addressLiteral is how a host without a name a relay could resolve
