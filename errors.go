@@ -85,11 +85,12 @@ func (c *checker) at(i int, csv bool) {
 	c.index, c.prefix, c.csv = i, "#/"+strconv.Itoa(i), csv
 }
 
-// add records that the member name is bad, as detail says; an empty detail,
-// what the rules return for a good value, records nothing.
-func (c *checker) add(name, detail string) {
+// add records that the member name is bad, as detail says, and reports
+// whether it is good: an empty detail, what the rules return for a good
+// value, records nothing.
+func (c *checker) add(name, detail string) bool {
 	if detail == "" {
-		return
+		return true
 	}
 	f := fieldError{Pointer: c.prefix + "/" + name, Detail: detail}
 	if c.csv {
@@ -97,6 +98,7 @@ func (c *checker) add(name, detail string) {
 		f = fieldError{Row: row, Field: name, Detail: "row " + strconv.Itoa(row) + ": " + name + " " + detail}
 	}
 	c.addError(f)
+	return false
 }
 
 // addError records f for the current row. Rows are checked in order, and

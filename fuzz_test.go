@@ -243,7 +243,7 @@ func FuzzDecodeOrder(f *testing.F) {
 		if !decoded {
 			return
 		}
-		if passed && (o.amount < 0 || o.amount > maxMoney || o.time.Before(earliestTime) || o.time.After(latestTime) || o.time.Location() != time.UTC) {
+		if passed && (o.Amount < 0 || o.Amount > maxMoney || o.Time.Before(earliestTime) || o.Time.After(latestTime) || o.Time.Location() != time.UTC) {
 			t.Fatalf("body %q: accepted %+v, outside the amounts and times allowed", data, o)
 		}
 		mustEqual(t, fmt.Sprintf("body %q: the fingerprint's bytes (a SHA-256)", data), len(in.fingerprint(o)), 32)

@@ -48,34 +48,34 @@ type orderInput struct {
 }
 
 // check reports to c every rule in breaks and returns the order it asks for;
-// now is the default time. Where a field is bad the order holds a placeholder,
-// never sent to the store but to find its customer.
+// now is the default time. Where a field is bad the order holds a
+// placeholder, so that the store, asked only which customers the orders
+// reach, never meets a value it could not take (a NUL, a year past 9999).
 func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
-	o := newOrder{item: in.Item, currency: "KES", time: now.UTC().Truncate(time.Microsecond)}
+	o := newOrder{Currency: "KES", Time: now.UTC().Truncate(time.Microsecond)}
 	switch {
 	case in.CustomerID != nil && in.CustomerCode != nil:
 		c.add("customer_code", "must not be given together with customer_id")
 	case in.CustomerID != nil && *in.CustomerID <= 0:
 		c.add("customer_id", "must be a positive integer")
 	case in.CustomerID != nil:
-		o.customerID = *in.CustomerID
+		o.CustomerID = *in.CustomerID
 	case in.CustomerCode == nil:
 		c.add("customer_id", "is required (or give customer_code)")
-	case checkCode(*in.CustomerCode) != "":
-		c.add("customer_code", checkCode(*in.CustomerCode))
-	default:
-		o.customerCode = *in.CustomerCode
+	case c.add("customer_code", checkCode(*in.CustomerCode)):
+		o.CustomerCode = *in.CustomerCode
 	}
-	c.add("item", checkText(in.Item, 200))
-	o.amount = *in.Amount.check("amount", true, c)
-	if in.Currency != nil {
-		c.add("currency", checkCurrency(*in.Currency))
-		o.currency = *in.Currency
+	if c.add("item", checkText(in.Item, 200)) {
+		o.Item = in.Item
+	}
+	o.Amount = *in.Amount.check("amount", true, c)
+	if in.Currency != nil && c.add("currency", checkCurrency(*in.Currency)) {
+		o.Currency = *in.Currency
 	}
 	if in.Time != nil {
-		var d string
-		o.time, d = parseTime(*in.Time)
-		c.add("time", d)
+		if t, d := parseTime(*in.Time); c.add("time", d) {
+			o.Time = t
+		}
 	}
 	named := ""
 	if in.Channel != nil {
@@ -84,8 +84,8 @@ func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
 			named = channelNone
 		}
 	}
-	o.channel, o.address = cs.route(o.item, named)
-	o.explicit = named != ""
+	o.Channel, o.Address = cs.route(o.Item, named)
+	o.Explicit = named != ""
 	return o
 }
 
@@ -97,12 +97,12 @@ func (in *orderInput) check(now time.Time, cs *channels, c *checker) newOrder {
 func (in *orderInput) fingerprint(o newOrder) []byte {
 	at, named := "", ""
 	if in.Time != nil {
-		at = o.time.Format(time.RFC3339Nano)
+		at = o.Time.Format(time.RFC3339Nano)
 	}
 	if in.Channel != nil {
-		named = o.channel
+		named = o.Channel
 	}
-	b, _ := json.Marshal([]any{o.customerID, o.customerCode, o.item, int64(o.amount), o.currency, at, named})
+	b, _ := json.Marshal([]any{o.CustomerID, o.CustomerCode, o.Item, int64(o.Amount), o.Currency, at, named})
 	sum := sha256.Sum256(b)
 	return sum[:]
 }
@@ -160,12 +160,12 @@ func (s *server) place(r *http.Request, p placement, c *checker, locate func(i i
 			locate(u.index)
 			o := p.orders[u.index]
 			switch {
-			case !u.customerFound && o.customerCode != "":
-				c.add("customer_code", fmt.Sprintf("must name a customer; none has code %q", o.customerCode))
+			case !u.customerFound && o.CustomerCode != "":
+				c.add("customer_code", fmt.Sprintf("must name a customer; none has code %q", o.CustomerCode))
 			case !u.customerFound:
-				c.add("customer_id", fmt.Sprintf("must name a customer; none has id %d", o.customerID))
+				c.add("customer_id", fmt.Sprintf("must name a customer; none has id %d", o.CustomerID))
 			default:
-				c.add("channel", "cannot be "+o.channel+": the customer has no "+o.address)
+				c.add("channel", "cannot be "+o.Channel+": the customer has no "+o.Address)
 			}
 		}
 		err = nil
@@ -217,7 +217,7 @@ func (s *server) handleImportOrders(w http.ResponseWriter, r *http.Request) {
 			c.at(i, batch.csv)
 			p.orders[i] = batch.items[i].check(now, s.channels, c)
 			if !notify {
-				p.orders[i].channel, p.orders[i].address = channelNone, ""
+				p.orders[i].Channel, p.orders[i].Address = channelNone, ""
 			}
 		}
 		placed, err := s.place(r, p, c, func(i int) { c.at(i, batch.csv) })

@@ -78,17 +78,9 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- The orders of one placement (store_orders.go: placeSQL), row by row. Its
--- fixed estimate of one row is the point: PostgreSQL estimates unnest over
--- parameters from the arrays themselves, so it would plan the placement,
--- six CTEs, afresh at every call, which costs more than running it; with an
--- estimate that no input changes, it keeps one generic plan. STRICT keeps
--- the function from being inlined, which would bring unnest's estimate back.
-CREATE OR REPLACE FUNCTION placement_input(bigint[], text[], text[], numeric[], text[], timestamptz[], text[], text[], bool[])
-RETURNS TABLE (customer_id bigint, customer_code text, item text, amount numeric, currency text, "time" timestamptz,
-               channel text, address text, explicit bool, n bigint)
-LANGUAGE sql STRICT ROWS 1
-AS $$ SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY $$;
+-- placement_input, which fed placeSQL its orders before they came as JSON,
+-- stays for replicas of that release during a rolling deploy; nothing here
+-- reads it.
 
 -- Idempotency keys are per token subject, so two clients cannot collide.
 CREATE TABLE IF NOT EXISTS idempotency_keys (

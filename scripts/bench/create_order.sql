@@ -4,8 +4,11 @@
 -- worker leaves it alone.
 \set cid random(101, :customers)
 WITH input AS (
-	SELECT * FROM placement_input(('{' || :cid || '}')::bigint[], '{""}', '{bench-kit}', '{12.50}', '{KES}', ARRAY[now()],
-		'{sms}', '{phone}', '{false}')
+	SELECT * FROM ROWS FROM (jsonb_to_recordset(jsonb_build_array(jsonb_build_object('customer_id', :cid::bigint,
+		'customer_code', '', 'item', 'bench-kit', 'amount', '12.50', 'currency', 'KES', 'time', now(), 'channel', 'sms',
+		'address', 'phone', 'explicit', false))) AS (customer_id bigint, customer_code text, item text,
+		amount numeric, currency text, time timestamptz, channel text, address text, explicit bool))
+	WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
 ), found AS (
 	SELECT i.n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
 		CASE WHEN a.recipient IS NULL AND NOT i.explicit THEN 'sms' ELSE i.channel END AS channel,
