@@ -194,8 +194,9 @@ func (a *authenticator) verify(ctx context.Context, raw string) (*principal, err
 	case claims.Typ != nil && *claims.Typ != "Bearer":
 		// Keycloak marks its ID tokens "ID" and its access tokens "Bearer".
 		return nil, fmt.Errorf("typ claim %q: not an access token", *claims.Typ)
-	case tok.Subject == "":
-		return nil, errors.New("the token has no sub")
+	case tok.Subject == "" || strings.ContainsRune(tok.Subject, 0):
+		// A NUL is text PostgreSQL cannot store in created_by.
+		return nil, errors.New("the token has no sub, or one with a NUL")
 	}
 	p = &principal{subject: tok.Subject, until: time.Now().Add(min(tokenCacheTTL, time.Until(tok.Expiry)))}
 	p.scopes = slices.Concat(strings.Fields(claims.Scope), claims.Scp, claims.Permissions, claims.Roles)

@@ -125,6 +125,7 @@ func TestAuthTokens(t *testing.T) {
 		{"no audience", invalid, "audience", "Bearer " + sign(map[string]any{"aud": nil})},
 		{"no sub", invalid, "no sub", "Bearer " + sign(map[string]any{"sub": nil})},
 		{"empty sub", invalid, "no sub", "Bearer " + sign(map[string]any{"sub": ""})},
+		{"sub with a NUL", invalid, "no sub", "Bearer " + sign(map[string]any{"sub": "staff\x00"})},
 		{"unknown kid, foreign key", invalid, "signature", "Bearer " + sign(nil, foreignRSA)},
 		{"foreign RSA key under kid rsa-1", invalid, "signature", "Bearer " + sign(nil, foreignRSA, withKid("rsa-1"))},
 		{"foreign EC key under kid ec-1", invalid, "signature", "Bearer " + sign(nil, foreignEC, withKid("ec-1"))},

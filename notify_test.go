@@ -223,6 +223,7 @@ func TestNotifyEndToEndSMS(t *testing.T) {
 		{"unknown message", hook, "ATXid_unknown", "Success", "", 200},
 		{"unknown status", hook, r.messageID, "Vanished", "", 400},
 		{"no id", hook, "", "Success", "", 400},
+		{"an id PostgreSQL's text cannot hold", hook, "ATXid\x00", "Success", "", 400},
 		{"wrong secret", ta.url + "/hooks/africastalking/not-the-secret-at-all", r.messageID, "Failed", "", 404},
 		{"no secret", ta.url + "/hooks/africastalking/", r.messageID, "Failed", "", 404},
 		{"no AT_CALLBACK_SECRET configured", other.url + "/hooks/africastalking/" + secret, r.messageID, "Success", "", 404},

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf16"
+	"unicode/utf8"
 )
 
 const (
@@ -211,7 +212,7 @@ type deliveryReport struct {
 // Only id, status and failureReason matter here. Success is delivery; Failed,
 // Rejected, AbsentSubscriber and Expired are final failures; Sent, Submitted
 // and Buffered are steps on the way. A form without id, or without one of
-// these statuses, is an error.
+// these statuses, is an error, and so is an id PostgreSQL's text cannot hold.
 func parseDeliveryReport(form url.Values) (deliveryReport, error) {
 	r := deliveryReport{providerID: form.Get("id")}
 	switch status := form.Get("status"); status {
@@ -224,8 +225,8 @@ func parseDeliveryReport(form url.Values) (deliveryReport, error) {
 	default:
 		return deliveryReport{}, fmt.Errorf("%q is not a delivery report status", storable(status, ""))
 	}
-	if r.providerID == "" {
-		return deliveryReport{}, errors.New("a delivery report needs an id")
+	if r.providerID == "" || !utf8.ValidString(r.providerID) || strings.ContainsRune(r.providerID, 0) {
+		return deliveryReport{}, errors.New("a delivery report needs an id, in UTF-8 without NUL")
 	}
 	return r, nil
 }

@@ -215,6 +215,8 @@ func TestParseDeliveryReport(t *testing.T) {
 		{"oversized odd reason", url.Values{"id": {"ATXid_1"}, "status": {"Failed"}, "failureReason": {"\x1b[31m\xfe" + strings.Repeat("x", 500)}},
 			deliveryReport{"ATXid_1", "undelivered", "Failed:  [31m\uFFFD" + strings.Repeat("x", 185) + "…"}},
 		{"no id", url.Values{"status": {"Success"}}, deliveryReport{}},
+		{"id with a NUL", url.Values{"id": {"ATXid\x001"}, "status": {"Success"}}, deliveryReport{}},
+		{"id not UTF-8", url.Values{"id": {"ATXid\xff"}, "status": {"Success"}}, deliveryReport{}},
 		{"no status", url.Values{"id": {"ATXid_1"}}, deliveryReport{}},
 		{"unknown status", url.Values{"id": {"ATXid_1"}, "status": {"Delivered"}}, deliveryReport{}},
 		{"status in the wrong case", url.Values{"id": {"ATXid_1"}, "status": {"success"}}, deliveryReport{}},
