@@ -52,7 +52,6 @@ const (
 // keySet, below), so key rotation needs no restart.
 type authenticator struct {
 	verifier  *oidc.IDTokenVerifier
-	keys      *keySet
 	audiences []string
 
 	// verified caches the tokens that passed verification by their SHA-256,
@@ -73,7 +72,7 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 	shown := u.Redacted()
 	redact := func(err error) string { return bounded(strings.ReplaceAll(err.Error(), issuer, shown)) }
 	ctx = oidc.ClientContext(ctx, client)
-	a := &authenticator{audiences: audiences, verified: map[[32]byte]*principal{}}
+	var keys *keySet
 	err := retry(ctx, time.Now().Add(patience), func() error {
 		provider, err := oidc.NewProvider(ctx, issuer)
 		if err != nil {
@@ -81,7 +80,7 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 		}
 		var meta oidc.ProviderConfig
 		_ = provider.Claims(&meta) // cannot fail: NewProvider has decoded this document
-		a.keys, err = newKeySet(meta.JWKSURL, client, log)
+		keys, err = newKeySet(meta.JWKSURL, client, log)
 		return err
 	}, func(err error, wait time.Duration) {
 		log.Warn("OIDC discovery failed; retrying", "issuer", shown, "error", redact(err), "retry_in", wait.String())
@@ -94,8 +93,7 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 	for _, alg := range signingAlgs {
 		config.SupportedSigningAlgs = append(config.SupportedSigningAlgs, string(alg))
 	}
-	a.verifier = oidc.NewVerifier(issuer, a.keys, config)
-	return a, nil
+	return &authenticator{verifier: oidc.NewVerifier(issuer, keys, config), audiences: audiences, verified: map[[32]byte]*principal{}}, nil
 }
 
 // principal is who a verified token speaks for, and what it may do.
