@@ -137,15 +137,15 @@ func bounded(s string) string {
 // header must be "Bearer", in any case, one space, and the token: RFC 6750's
 // 1*SP narrowed to the one space every client sends.
 func (a *authenticator) authorize(r *http.Request, scope string) error {
-	header := r.Header.Values("Authorization")
-	scheme, raw, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	header := r.Header.Get("Authorization")
+	scheme, raw, ok := strings.Cut(header, " ")
 	switch {
-	case len(header) > 1:
+	case len(r.Header.Values("Authorization")) > 1:
 		return &authError{status: http.StatusBadRequest, challenge: `Bearer error="invalid_request"`, detail: "send one Authorization header, not several", reason: "several Authorization headers"}
-	case len(header) == 0 || header[0] == "":
+	case header == "":
 		return &authError{status: http.StatusUnauthorized, challenge: "Bearer", detail: "this route needs a bearer access token", reason: "no Authorization header"}
-	case len(header[0]) > maxAuthorization:
-		return invalidToken(fmt.Sprintf("an Authorization header of %d bytes, over the limit of %d", len(header[0]), maxAuthorization))
+	case len(header) > maxAuthorization:
+		return invalidToken(fmt.Sprintf("an Authorization header of %d bytes, over the limit of %d", len(header), maxAuthorization))
 	case !ok || !strings.EqualFold(scheme, "Bearer"):
 		return invalidToken("the Authorization header is not a Bearer token")
 	}
