@@ -124,10 +124,8 @@ func (f *fakeOIDC) sign(t testing.TB, claims any, opts ...signOpt) string {
 	header := map[jose.HeaderKey]any{"kid": key.KeyID, "typ": typ}
 	maps.DeleteFunc(header, func(_ jose.HeaderKey, v any) bool { return v == "" })
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(key.Algorithm), Key: key.Key}, &jose.SignerOptions{ExtraHeaders: header})
-	var tok string
-	if err == nil {
-		tok, err = jwt.Signed(signer).Claims(claims).Serialize()
-	}
+	fatalIf(t, err)
+	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
 	fatalIf(t, err)
 	return tok
 }
