@@ -277,14 +277,12 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 	}
 	te, isReply := errors.AsType[*textproto.Error](err)
 	e := &SendError{Permanent: isReply && te.Code/100 == 5, Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
+	// A reply is given as the relay sent it: textproto.Error's own text quotes it.
 	switch {
+	case isReply && (te.Code == 530 || te.Code == 534 || te.Code == 535):
+		e.Reason = fmt.Sprintf("smtp: authentication failed: %03d %s", te.Code, te.Msg)
 	case isReply:
-		// As the relay sent it: textproto.Error's own text quotes it.
-		reply := fmt.Sprintf("%03d %s", te.Code, te.Msg)
-		e.Reason = "smtp: " + reply
-		if te.Code == 530 || te.Code == 534 || te.Code == 535 {
-			e.Reason = "smtp: authentication failed: " + reply
-		}
+		e.Reason = fmt.Sprintf("smtp: %03d %s", te.Code, te.Msg)
 	case cause != nil:
 		// What broke is only the symptom of the abort: a closed connection.
 		e.Reason, e.Err = "smtp: delivery aborted: "+cause.Error(), errors.Join(cause, err)
