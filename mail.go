@@ -180,10 +180,11 @@ func (s *smtpMailer) deliver(ctx context.Context, n notice, id string) error {
 	// EHLO explicitly: Extension would hide a relay refusing EHLO and HELO.
 	// EHLO, STARTTLS and AUTH hand err on: each runs only while it is nil.
 	err = c.Hello(cmp.Or(s.hostname, addressLiteral(conn.LocalAddr().(*net.TCPAddr).IP)))
-	if ok, _ := c.Extension("STARTTLS"); err == nil && ok && !s.cfg.implicitTLS {
+	switch starttls, _ := c.Extension("STARTTLS"); {
+	case err != nil || s.cfg.implicitTLS:
+	case starttls:
 		err = c.StartTLS(s.tlsConfig)
-	} else if err == nil && !s.cfg.implicitTLS && !slices.Contains([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.host) &&
-		(!s.cfg.starttlsOptional || s.cfg.username != "") {
+	case !slices.Contains([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.host) && (!s.cfg.starttlsOptional || s.cfg.username != ""):
 		// Only this machine, named as smtp.PlainAuth knows it, gets messages
 		// in clear by default, and credentials in clear at all.
 		return &SendError{Permanent: true, Reason: "smtp: " + s.cfg.host + " does not offer STARTTLS; to send to it in clear, " +
