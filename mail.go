@@ -180,10 +180,11 @@ func (s *smtpMailer) deliver(ctx context.Context, n notice, id string) error {
 	// EHLO explicitly: Extension would hide a relay refusing EHLO and HELO.
 	// EHLO, STARTTLS and AUTH hand err on: each runs only while it is nil.
 	err = c.Hello(cmp.Or(s.hostname, addressLiteral(conn.LocalAddr().(*net.TCPAddr).IP)))
-	if ok, _ := c.Extension("STARTTLS"); err == nil && ok && !s.cfg.implicitTLS {
+	switch starttls, _ := c.Extension("STARTTLS"); {
+	case err != nil || s.cfg.implicitTLS:
+	case starttls:
 		err = c.StartTLS(s.tlsConfig)
-	} else if err == nil && !s.cfg.implicitTLS && !slices.Contains([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.host) &&
-		(!s.cfg.starttlsOptional || s.cfg.username != "") {
+	case !slices.Contains([]string{"localhost", "127.0.0.1", "::1"}, s.cfg.host) && (!s.cfg.starttlsOptional || s.cfg.username != ""):
 		// Only this machine, named as smtp.PlainAuth knows it, gets messages
 		// in clear by default, and credentials in clear at all.
 		return &SendError{Permanent: true, Reason: "smtp: " + s.cfg.host + " does not offer STARTTLS; to send to it in clear, " +
@@ -277,14 +278,12 @@ func (s *smtpMailer) classify(ctx context.Context, err error) *SendError {
 	}
 	te, isReply := errors.AsType[*textproto.Error](err)
 	e := &SendError{Permanent: isReply && te.Code/100 == 5, Uncertain: errors.Is(err, errNoVerdict), Reason: "smtp: " + err.Error(), Err: err}
+	// A reply is given as the relay sent it: textproto.Error's own text quotes it.
 	switch {
+	case isReply && (te.Code == 530 || te.Code == 534 || te.Code == 535):
+		e.Reason = fmt.Sprintf("smtp: authentication failed: %03d %s", te.Code, te.Msg)
 	case isReply:
-		// As the relay sent it: textproto.Error's own text quotes it.
-		reply := fmt.Sprintf("%03d %s", te.Code, te.Msg)
-		e.Reason = "smtp: " + reply
-		if te.Code == 530 || te.Code == 534 || te.Code == 535 {
-			e.Reason = "smtp: authentication failed: " + reply
-		}
+		e.Reason = fmt.Sprintf("smtp: %03d %s", te.Code, te.Msg)
 	case cause != nil:
 		// What broke is only the symptom of the abort: a closed connection.
 		e.Reason, e.Err = "smtp: delivery aborted: "+cause.Error(), errors.Join(cause, err)
