@@ -121,7 +121,7 @@ func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 				in := &batch.items[i]
 				in.check(c)
 				if first, dup := firstRow[in.Code]; dup && checkCode(in.Code) == "" {
-					c.add("code", "repeats the code of "+where(first, batch.csv))
+					c.add("code", "repeats the code of "+c.row(first))
 				} else {
 					firstRow[in.Code] = i
 				}
@@ -131,14 +131,6 @@ func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 			}
 			return s.store.importCustomers(r.Context(), batch.items, subject(r))
 		})
-}
-
-// where names import row i as errors do: "row 4" in CSV, "#/3" in JSON.
-func where(i int, csv bool) string {
-	if csv {
-		return "row " + strconv.Itoa(i+1)
-	}
-	return "#/" + strconv.Itoa(i)
 }
 
 // customerFromCSV turns a CSV record into the input a JSON row would give;
