@@ -72,12 +72,11 @@ func (p *customerPatch) check(c *checker) {
 	if p.Phone.Set {
 		c.add("phone", checkE164(p.Phone.Value))
 	}
-	if p.Email.Set && !p.Email.Null {
-		if p.Email.Value == "" {
-			p.Email.Null = true
-		} else {
-			c.add("email", checkEmail(p.Email.Value))
-		}
+	switch {
+	case p.Email.Set && p.Email.Value == "":
+		p.Email.Null = true // an empty address removes it, as null does
+	case p.Email.Set:
+		c.add("email", checkEmail(p.Email.Value))
 	}
 	if !p.Name.Set && !p.Phone.Set && !p.Email.Set {
 		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of name, phone, email"})
