@@ -72,12 +72,11 @@ func (p *customerPatch) check(c *checker) {
 	if p.Phone.Set {
 		c.add("phone", checkE164(p.Phone.Value))
 	}
-	if p.Email.Set && !p.Email.Null {
-		if p.Email.Value == "" {
-			p.Email.Null = true
-		} else {
-			c.add("email", checkEmail(p.Email.Value))
-		}
+	switch {
+	case p.Email.Set && p.Email.Value == "":
+		p.Email.Null = true // an empty address removes it, as null does
+	case p.Email.Set:
+		c.add("email", checkEmail(p.Email.Value))
 	}
 	if !p.Name.Set && !p.Phone.Set && !p.Email.Set {
 		c.addError(fieldError{Pointer: "#", Detail: "must set at least one of name, phone, email"})
@@ -121,7 +120,7 @@ func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 				in := &batch.items[i]
 				in.check(c)
 				if first, dup := firstRow[in.Code]; dup && checkCode(in.Code) == "" {
-					c.add("code", "repeats the code of "+where(first, batch.csv))
+					c.add("code", "repeats the code of "+c.row(first))
 				} else {
 					firstRow[in.Code] = i
 				}
@@ -131,14 +130,6 @@ func (s *server) handleImportCustomers(w http.ResponseWriter, r *http.Request) {
 			}
 			return s.store.importCustomers(r.Context(), batch.items, subject(r))
 		})
-}
-
-// where names import row i as errors do: "row 4" in CSV, "#/3" in JSON.
-func where(i int, csv bool) string {
-	if csv {
-		return "row " + strconv.Itoa(i+1)
-	}
-	return "#/" + strconv.Itoa(i)
 }
 
 // customerFromCSV turns a CSV record into the input a JSON row would give;

@@ -94,11 +94,19 @@ func (c *checker) add(name, detail string) bool {
 	}
 	f := fieldError{Pointer: c.prefix + "/" + name, Detail: detail}
 	if c.csv {
-		row := c.index + 1
-		f = fieldError{Row: row, Field: name, Detail: "row " + strconv.Itoa(row) + ": " + name + " " + detail}
+		f = fieldError{Row: c.index + 1, Field: name, Detail: c.row(c.index) + ": " + name + " " + detail}
 	}
 	c.addError(f)
 	return false
+}
+
+// row names import row i as the checker's errors do: "row 4" in CSV, "#/3"
+// in JSON.
+func (c *checker) row(i int) string {
+	if c.csv {
+		return "row " + strconv.Itoa(i+1)
+	}
+	return "#/" + strconv.Itoa(i)
 }
 
 // addError records f for the current row. Rows are checked in order, and

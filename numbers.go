@@ -35,7 +35,7 @@ type numberPatch struct {
 	monthly, setup          *Money
 }
 
-// check reports every rule in breaks and returns the fields it sets. With
+// check reports every rule it breaks and returns the fields it sets. With
 // partial false (POST, PUT) every field is required.
 func (in *numberInput) check(partial bool, c *checker) numberPatch {
 	var p numberPatch
