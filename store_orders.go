@@ -19,7 +19,7 @@ import (
 // customers, hash the whole notifications table instead of probing its index
 // once per order.
 const orderSelect = `
-	SELECT o.id, o.customer_id, o.Item, o.Amount, o.Currency, o.Time, o.created_by,
+	SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
 	       n.channel, n.status, n.attempts, n.last_error, n.sent_at, n.delivered_at
 	FROM orders o
 	LEFT JOIN LATERAL (
@@ -82,13 +82,13 @@ func (s *store) listOrders(ctx context.Context, f orderFilter, p pageRequest) ([
 		where = append(where, "o.customer_id = (SELECT id FROM customers WHERE code = "+arg(f.customerCode)+")")
 	}
 	if p.after.ID != 0 {
-		where = append(where, "(o.Time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
+		where = append(where, "(o.time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
 	}
 	query := orderSelect
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	query += " ORDER BY o.Time DESC, o.id DESC LIMIT " + arg(p.limit+1)
+	query += " ORDER BY o.time DESC, o.id DESC LIMIT " + arg(p.limit+1)
 	rows, err := s.db.QueryContext(ctx, query, args...)
 	return collect(rows, err, scanOrder)
 }
