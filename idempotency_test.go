@@ -10,15 +10,11 @@ import (
 	"time"
 )
 
-// postKeyed posts a raw JSON order body with an Idempotency-Key (none when
-// key is nil) as the holder of token, and decodes the order it answers.
-func (ta *testApp) postKeyed(token string, key *string, body string) (response, order) {
+// postKeyed posts a raw JSON order body with an Idempotency-Key as the
+// holder of token, and decodes the order it answers.
+func (ta *testApp) postKeyed(token, key, body string) (response, order) {
 	ta.t.Helper()
-	h := map[string]string{"Authorization": "Bearer " + token}
-	if key != nil {
-		h["Idempotency-Key"] = *key
-	}
-	r := ta.request("POST", "/v1/orders", body, "application/json", h)
+	r := ta.request("POST", "/v1/orders", body, "application/json", map[string]string{"Authorization": "Bearer " + token, "Idempotency-Key": key})
 	var o order
 	if r.status == http.StatusCreated {
 		r.json(ta.t, &o)
@@ -34,7 +30,7 @@ func TestIdempotencyReplay(t *testing.T) {
 	post := func(t *testing.T, token, key, body string, want, newOrders int) order {
 		t.Helper()
 		orders, notes := ta.count("orders"), ta.count("notifications")
-		r, o := ta.postKeyed(token, &key, body)
+		r, o := ta.postKeyed(token, key, body)
 		r.must(t, want)
 		if want != http.StatusCreated {
 			if p := r.problem(t); len(p.Errors) != 1 || p.Errors[0].Header != "Idempotency-Key" {
@@ -86,7 +82,7 @@ func TestIdempotencyReplay(t *testing.T) {
 		}
 	})
 	t.Run("a refused request does not use up its key", func(t *testing.T) {
-		ta.postKeyed(ta.token, ptr("key-after-422"), `{"customer_id": 999999, "item": "kit", "amount": "1.00"}`)
+		ta.postKeyed(ta.token, "key-after-422", `{"customer_id": 999999, "item": "kit", "amount": "1.00"}`)
 		post(t, ta.token, "key-after-422", base, http.StatusCreated, 1)
 	})
 
@@ -173,7 +169,7 @@ func TestIdempotencyPurge(t *testing.T) {
 	body := fmt.Sprintf(`{"customer_id": %d, "item": "kit", "amount": "10.00"}`, c.ID)
 	ages := map[string]time.Duration{"key-49h": 49 * time.Hour, "key-47h": 47 * time.Hour, "key-25h": 25 * time.Hour, "key-new": 0}
 	for key, age := range ages {
-		ta.postKeyed(ta.token, ptr(key), body)
+		ta.postKeyed(ta.token, key, body)
 		ta.exec(`UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $2) WHERE key = $1`, key, age.Seconds())
 	}
 	ta.worker.purgeIdempotencyKeys(t.Context())
@@ -183,8 +179,8 @@ func TestIdempotencyPurge(t *testing.T) {
 	equal(t, "orders (purging keys keeps orders)", ta.count("orders"), len(ages))
 	// A purged key is free again; a kept one still guards its order.
 	other := strings.Replace(body, `"kit"`, `"panel"`, 1)
-	ta.postKeyed(ta.token, ptr("key-49h"), other)
-	r, _ := ta.postKeyed(ta.token, ptr("key-47h"), other)
+	ta.postKeyed(ta.token, "key-49h", other)
+	r, _ := ta.postKeyed(ta.token, "key-47h", other)
 	r.must(t, http.StatusUnprocessableEntity)
 	equal(t, "orders after reusing a purged key", ta.count("orders"), len(ages)+1)
 }

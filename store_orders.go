@@ -19,7 +19,7 @@ import (
 // customers, hash the whole notifications table instead of probing its index
 // once per order.
 const orderSelect = `
-	SELECT o.id, o.customer_id, o.Item, o.Amount, o.Currency, o.Time, o.created_by,
+	SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
 	       n.channel, n.status, n.attempts, n.last_error, n.sent_at, n.delivered_at
 	FROM orders o
 	LEFT JOIN LATERAL (
@@ -82,13 +82,13 @@ func (s *store) listOrders(ctx context.Context, f orderFilter, p pageRequest) ([
 		where = append(where, "o.customer_id = (SELECT id FROM customers WHERE code = "+arg(f.customerCode)+")")
 	}
 	if p.after.ID != 0 {
-		where = append(where, "(o.Time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
+		where = append(where, "(o.time, o.id) < ("+arg(p.after.Time)+", "+arg(p.after.ID)+")")
 	}
 	query := orderSelect
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	query += " ORDER BY o.Time DESC, o.id DESC LIMIT " + arg(p.limit+1)
+	query += " ORDER BY o.time DESC, o.id DESC LIMIT " + arg(p.limit+1)
 	rows, err := s.db.QueryContext(ctx, query, args...)
 	return collect(rows, err, scanOrder)
 }
@@ -151,15 +151,12 @@ var errKeyReused = errors.New("the idempotency key was used for a different requ
 // every input, so PostgreSQL keeps one generic plan instead of planning six
 // CTEs afresh at every call, which costs more than running them.
 const placeSQL = `
-WITH input AS (
-	SELECT * FROM ROWS FROM (jsonb_to_recordset($1) AS (customer_id bigint, customer_code text, item text,
-		amount numeric, currency text, time timestamptz, channel text, address text, explicit bool))
-	WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
-), found AS (
-	SELECT i.n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
+WITH found AS (
+	SELECT i.ordinality AS n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
 		CASE WHEN a.recipient IS NULL AND NOT i.explicit THEN 'sms' ELSE i.channel END AS channel,
 		COALESCE(a.recipient, CASE WHEN NOT i.explicit THEN c.phone END) AS recipient
-	FROM input i
+	FROM ROWS FROM (jsonb_to_recordset($1) AS (customer_id bigint, customer_code text, item text,
+		amount numeric, currency text, time timestamptz, channel text, address text, explicit bool)) WITH ORDINALITY AS i
 	LEFT JOIN customers c ON c.id = i.customer_id OR c.code = i.customer_code
 	LEFT JOIN LATERAL (SELECT CASE i.address WHEN 'phone' THEN c.phone WHEN 'email' THEN c.email END AS recipient) a ON true
 ), verdict AS (
