@@ -3,17 +3,14 @@
 -- parameter; the notification is inserted as sent so that the idle service's
 -- worker leaves it alone.
 \set cid random(101, :customers)
-WITH input AS (
-	SELECT * FROM ROWS FROM (jsonb_to_recordset(jsonb_build_array(jsonb_build_object('customer_id', :cid::bigint,
-		'customer_code', '', 'item', 'bench-kit', 'amount', '12.50', 'currency', 'KES', 'time', now(), 'channel', 'sms',
-		'address', 'phone', 'explicit', false))) AS (customer_id bigint, customer_code text, item text,
-		amount numeric, currency text, time timestamptz, channel text, address text, explicit bool))
-	WITH ORDINALITY AS i (customer_id, customer_code, item, amount, currency, time, channel, address, explicit, n)
-), found AS (
-	SELECT i.n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
+WITH found AS (
+	SELECT i.ordinality AS n, i.item, i.amount, i.currency, i.time, c.id AS customer_id, i.channel = 'none' AS silent,
 		CASE WHEN a.recipient IS NULL AND NOT i.explicit THEN 'sms' ELSE i.channel END AS channel,
 		COALESCE(a.recipient, CASE WHEN NOT i.explicit THEN c.phone END) AS recipient
-	FROM input i
+	FROM ROWS FROM (jsonb_to_recordset(jsonb_build_array(jsonb_build_object('customer_id', :cid::bigint,
+		'customer_code', '', 'item', 'bench-kit', 'amount', '12.50', 'currency', 'KES', 'time', now(), 'channel', 'sms',
+		'address', 'phone', 'explicit', false))) AS (customer_id bigint, customer_code text, item text,
+		amount numeric, currency text, time timestamptz, channel text, address text, explicit bool)) WITH ORDINALITY AS i
 	LEFT JOIN customers c ON c.id = i.customer_id OR c.code = i.customer_code
 	LEFT JOIN LATERAL (SELECT CASE i.address WHEN 'phone' THEN c.phone WHEN 'email' THEN c.email END AS recipient) a ON true
 ), verdict AS (
