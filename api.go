@@ -276,8 +276,7 @@ var largeBodies = make(chan struct{}, 16)
 const smallBody = 64 << 10
 
 // readBody reads r's body of at most maxBody bytes. Past smallBody bytes it
-// takes a slot of largeBodies, until the request ends, or discards the body
-// and answers 503.
+// takes a slot of largeBodies, until the request ends, or answers 503.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body := http.MaxBytesReader(w, r.Body, maxBody)
 	head, err := io.ReadAll(io.LimitReader(body, smallBody))
@@ -288,9 +287,6 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	case largeBodies <- struct{}{}:
 		context.AfterFunc(r.Context(), func() { <-largeBodies })
 	default:
-		// The rest is read into nothing first: a client still sending would
-		// otherwise meet a closed connection instead of the answer.
-		io.Copy(io.Discard, body)
 		return nil, &requestError{status: http.StatusServiceUnavailable, detail: "too many large bodies are being read; retry shortly"}
 	}
 	buf := bytes.NewBuffer(head)

@@ -259,12 +259,15 @@ func TestAuthRoutes(t *testing.T) {
 		for _, try := range tries {
 			t.Run(rt.method+" "+rt.path+" "+try.name, func(t *testing.T) {
 				body, _ := json.Marshal(rt.body) // a JSON value always encodes
-				req := httptest.NewRequest(rt.method, rt.path, bytes.NewReader(body))
+				unread := bytes.NewReader(body)
+				req := httptest.NewRequest(rt.method, rt.path, unread)
 				req.Header["Content-Type"], req.Header["Authorization"] = []string{"application/json"}, try.header
 				rec := httptest.NewRecorder()
 				handler.ServeHTTP(rec, req)
 				r := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}.must(t, try.status)
 				equal(t, "WWW-Authenticate", r.header.Get("WWW-Authenticate"), try.challenge)
+				// Read to the end, so that a client still sending would read the answer.
+				equal(t, "bytes of the body left unread", unread.Len(), 0)
 				r.problem(t)
 			})
 		}

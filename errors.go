@@ -167,7 +167,13 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []fie
 // fail answers r with err as a problem. It is the one table from error to
 // status. The cause of an internal error goes to the request's log line,
 // never to the client, who gets the request id to quote.
+//
+// The rest of the request's body is read into nothing first: an answer given
+// before the body was read (a refused token, a wrong media type, no slot for
+// a large body) would otherwise reach a client still sending as a reset,
+// since net/http closes a connection on more than 256 KiB left unread.
 func fail(w http.ResponseWriter, r *http.Request, err error) {
+	io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 	info := requestInfoFrom(r.Context())
 	auth, isAuth := errors.AsType[*authError](err)
 	conflict, isConflict := errors.AsType[*conflictError](err)

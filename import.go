@@ -45,8 +45,6 @@ func serveImport[T any](w http.ResponseWriter, r *http.Request, slots chan struc
 	case slots <- struct{}{}:
 		defer func() { <-slots }()
 	default:
-		// Read into nothing, as readBody does, so that the client reads the answer.
-		io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 		fail(w, r, &requestError{status: http.StatusServiceUnavailable, detail: "too many imports are in progress; retry shortly"})
 		return
 	}
