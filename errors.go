@@ -171,7 +171,9 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []fie
 // The rest of the request's body is read into nothing first: an answer given
 // before the body was read (a refused token, a wrong media type, no slot for
 // a large body) would otherwise reach a client still sending as a reset,
-// since net/http closes a connection on more than 256 KiB left unread.
+// since net/http closes a connection on more than 256 KiB left unread. A
+// client that asked for 100-continue is told to go on and sends a body that
+// is thrown away; that costs it an upload, where the reset cost the answer.
 func fail(w http.ResponseWriter, r *http.Request, err error) {
 	io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 	info := requestInfoFrom(r.Context())
