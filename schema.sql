@@ -78,9 +78,9 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- placement_input, which fed placeSQL its orders before they came as JSON,
--- stays for replicas of that release during a rolling deploy; nothing here
--- reads it.
+-- A database upgraded from the release before keeps its placement_input, the
+-- function that fed placeSQL its orders before they came as JSON, for that
+-- release's replicas during a rolling deploy; this release never calls it.
 
 -- Idempotency keys are per token subject, so two clients cannot collide.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
