@@ -279,10 +279,14 @@ func (w *worker) record(ctx context.Context, o *claimed, waiting <-chan *claimed
 	}
 	ids, attempts, retryIn := make([]int64, len(batch)), make([]int64, len(batch)), make([]float64, len(batch))
 	statuses, providerIDs, lastErrors := make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
+	// A provider's words are made storable here, whatever the sender: text
+	// PostgreSQL cannot hold (a NUL) would fail the update, which is retried
+	// until it lands, and so stop the worker.
 	for i, o := range batch {
-		ids[i], attempts[i], statuses[i], providerIDs[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.providerID, o.retryIn.Seconds()
+		ids[i], attempts[i], statuses[i], retryIn[i] = o.id, int64(o.attempts), o.status, o.retryIn.Seconds()
+		providerIDs[i] = storable(o.providerID, "")
 		if o.err != nil {
-			lastErrors[i] = o.err.Error()
+			lastErrors[i] = storable(o.err.Error(), "")
 		}
 	}
 	// The update is guarded by the attempt number, so repeating it is safe.

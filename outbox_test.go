@@ -27,6 +27,7 @@ func TestOutboxOutcomes(t *testing.T) {
 	}{
 		{"retried until it succeeds", func(a int) error { return map[bool]error{true: retryable}[a <= 2] }, "sent", 3, "", 1},
 		{"permanent failure", func(int) error { return &SendError{Permanent: true, Reason: "InvalidPhoneNumber (statusCode 403)"} }, "failed", 1, "InvalidPhoneNumber (statusCode 403)", 0},
+		{"a reason PostgreSQL cannot hold, made storable", func(int) error { return &SendError{Permanent: true, Reason: "Invalid\x00Phone"} }, "failed", 1, "Invalid Phone", 0},
 		{"given up after the last attempt", func(a int) error { return &SendError{Reason: fmt.Sprintf("HTTP 500 (try %d)", a)} }, "failed", 4, "HTTP 500 (try 4)", 0},
 		{"uncertain failures given up sooner", func(int) error { return uncertain }, "failed", 2, uncertain.Reason + "; not retried again, as the provider may have accepted it", 0},
 		{"an uncertain failure retried once", func(a int) error { return map[bool]error{true: uncertain}[a == 1] }, "sent", 2, "", 1},
