@@ -179,6 +179,7 @@ func (s *server) observe(mux *http.ServeMux) http.Handler {
 // whether the path exists under another method (405, with Allow), but writes
 // plain text, so it runs against a sink and only its verdict is kept.
 func unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
+	discardBody(w, r)
 	sink := &headerSink{header: http.Header{}}
 	muxAnswer.ServeHTTP(sink, r)
 	if sink.status != http.StatusMethodNotAllowed {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -98,6 +99,14 @@ func TestAPINotFoundAndMethodNotAllowed(t *testing.T) {
 		r := ta.do(tc.method, tc.path, nil).must(t, http.StatusMethodNotAllowed)
 		r.problem(t)
 		equal(t, tc.method+" "+tc.path+" Allow", r.header.Get("Allow"), tc.allow)
+	}
+	// Either answer reads the body to the end, so that a client still sending reads it.
+	for path, status := range map[string]int{"/v1/customer/import": 404, "/healthz": 405} {
+		unread := strings.NewReader(strings.Repeat("x", 300<<10))
+		rec := httptest.NewRecorder()
+		ta.server.routes().ServeHTTP(rec, httptest.NewRequest("POST", path, unread))
+		mustEqual(t, "POST "+path, rec.Code, status)
+		equal(t, "POST "+path+": bytes of the body left unread", unread.Len(), 0)
 	}
 }
 

@@ -167,15 +167,8 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []fie
 // fail answers r with err as a problem. It is the one table from error to
 // status. The cause of an internal error goes to the request's log line,
 // never to the client, who gets the request id to quote.
-//
-// The rest of the request's body is read into nothing first: an answer given
-// before the body was read (a refused token, a wrong media type, no slot for
-// a large body) would otherwise reach a client still sending as a reset,
-// since net/http closes a connection on more than 256 KiB left unread. A
-// client that asked for 100-continue is told to go on and sends a body that
-// is thrown away; that costs it an upload, where the reset cost the answer.
 func fail(w http.ResponseWriter, r *http.Request, err error) {
-	io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
+	discardBody(w, r)
 	info := requestInfoFrom(r.Context())
 	auth, isAuth := errors.AsType[*authError](err)
 	conflict, isConflict := errors.AsType[*conflictError](err)
@@ -202,6 +195,17 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 		info.cause = err
 		writeProblem(w, http.StatusInternalServerError, "internal error; request id "+info.id, nil)
 	}
+}
+
+// discardBody reads the rest of r's body, up to the import limit, into
+// nothing. An answer given before the body was read (an unknown path, a
+// refused token, a wrong media type, no slot for a large body) would
+// otherwise reach a client still sending as a reset, since net/http closes a
+// connection on more than 256 KiB left unread. A client that asked for
+// 100-continue is told to go on and sends a body that is thrown away; that
+// costs it an upload, where the reset cost it the answer.
+func discardBody(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 }
 
 // databaseUnavailable reports whether err means the database could not be
