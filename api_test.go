@@ -100,13 +100,21 @@ func TestAPINotFoundAndMethodNotAllowed(t *testing.T) {
 		r.problem(t)
 		equal(t, tc.method+" "+tc.path+" Allow", r.header.Get("Allow"), tc.allow)
 	}
-	// Either answer reads the body to the end, so that a client still sending reads it.
-	for path, status := range map[string]int{"/v1/customer/import": 404, "/healthz": 405} {
-		unread := strings.NewReader(strings.Repeat("x", 300<<10))
+	// Either answer reads the body to the end, so that a client still sending
+	// reads it; a body past its byte limit is not read on.
+	for _, tc := range []struct {
+		path    string
+		status  int
+		drained bool
+	}{{"/v1/customer/import", 404, true}, {"/healthz", 405, true}, {"/v1/customers", 413, false}} {
+		unread := strings.NewReader(strings.Repeat("x", maxBody+300<<10))
+		req := httptest.NewRequestWithContext(t.Context(), "POST", tc.path, unread) // which ends, giving back a large body's slot
+		req.Header.Set("Authorization", "Bearer "+ta.token)
+		req.Header.Set("Content-Type", "application/json")
 		rec := httptest.NewRecorder()
-		ta.server.routes().ServeHTTP(rec, httptest.NewRequest("POST", path, unread))
-		mustEqual(t, "POST "+path, rec.Code, status)
-		equal(t, "POST "+path+": bytes of the body left unread", unread.Len(), 0)
+		ta.server.routes().ServeHTTP(rec, req)
+		mustEqual(t, "POST "+tc.path, rec.Code, tc.status)
+		equal(t, "POST "+tc.path+": the body read to the end", unread.Len() == 0, tc.drained)
 	}
 }
 

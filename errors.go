@@ -168,11 +168,14 @@ func writeProblem(w http.ResponseWriter, status int, detail string, fields []fie
 // status. The cause of an internal error goes to the request's log line,
 // never to the client, who gets the request id to quote.
 func fail(w http.ResponseWriter, r *http.Request, err error) {
-	discardBody(w, r)
 	info := requestInfoFrom(r.Context())
 	auth, isAuth := errors.AsType[*authError](err)
 	conflict, isConflict := errors.AsType[*conflictError](err)
 	request, isRequest := errors.AsType[*requestError](err)
+	// A body past its byte limit is not read on: it was refused for its size.
+	if !isRequest || request.status != http.StatusRequestEntityTooLarge || request == errTooManyRows {
+		discardBody(w, r)
+	}
 	switch {
 	case errors.Is(err, errNotFound):
 		writeProblem(w, http.StatusNotFound, "no such resource: "+r.URL.Path, nil)
