@@ -100,8 +100,7 @@ func TestAPINotFoundAndMethodNotAllowed(t *testing.T) {
 		r.problem(t)
 		equal(t, tc.method+" "+tc.path+" Allow", r.header.Get("Allow"), tc.allow)
 	}
-	// Either answer reads the body to the end, so that a client still sending
-	// reads it; a body past its byte limit is not read on.
+	// Refusals read the body to the end, for a client still sending, but not past its byte limit.
 	for _, tc := range []struct {
 		path    string
 		status  int
