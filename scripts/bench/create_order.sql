@@ -1,4 +1,4 @@
--- The statement one POST /v1/orders runs (store_orders.go: placeSQL), for one
+-- The statement one POST /v1/orders runs (store.go: placeSQL), for one
 -- order without an Idempotency-Key, with the customer id passed as a
 -- parameter; the notification is inserted as sent so that the idle service's
 -- worker leaves it alone.

@@ -1,4 +1,4 @@
--- The statement one GET /v1/orders/{id} runs (store_orders.go: getOrder).
+-- The statement one GET /v1/orders/{id} runs (store.go: getOrder).
 \set oid random(1, :orders)
 SELECT o.id, o.customer_id, o.item, o.amount, o.currency, o.time, o.created_by,
        n.channel, n.status, n.attempts, n.last_error, n.sent_at, n.delivered_at
