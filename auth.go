@@ -36,8 +36,6 @@ const (
 	// a few KiB at most, and a larger header is refused before its token is
 	// looked at.
 	maxAuthorization = 8 << 10
-	// maxReason bounds a logged reason, which may quote what a client sent.
-	maxReason = 200
 	// A verified token is admitted again for tokenCacheTTL at most, and never
 	// past its exp, so a key the provider withdraws stops admitting its
 	// tokens within the key set's refresh plus that time. The cache starts
@@ -70,7 +68,7 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 	// nothing. go-oidc quotes the issuer as given, password and all.
 	u, _ := url.Parse(issuer)
 	shown := u.Redacted()
-	redact := func(err error) string { return bounded(strings.ReplaceAll(err.Error(), issuer, shown)) }
+	redact := func(err error) string { return storable(strings.ReplaceAll(err.Error(), issuer, shown), "") }
 	ctx = oidc.ClientContext(ctx, client)
 	var keys *keySet
 	err := retry(ctx, time.Now().Add(patience), func() error {
@@ -115,7 +113,7 @@ type authError struct {
 	status    int
 	challenge string // the WWW-Authenticate value
 	detail    string // what the client reads
-	reason    string // why, for the log; bounded in length, never the token
+	reason    string // why, for the log: storable, never the token
 }
 
 func (e *authError) Error() string { return e.reason }
@@ -123,13 +121,7 @@ func (e *authError) Error() string { return e.reason }
 // invalidToken refuses a token that cannot be trusted. Every such token gets
 // the same detail, so that a client learns nothing of why.
 func invalidToken(reason string) *authError {
-	return &authError{status: http.StatusUnauthorized, challenge: `Bearer error="invalid_token"`, detail: "the access token is not valid", reason: bounded(reason)}
-}
-
-// bounded cuts s to its first line and at most maxReason bytes.
-func bounded(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s[:min(len(s), maxReason)]
+	return &authError{status: http.StatusUnauthorized, challenge: `Bearer error="invalid_token"`, detail: "the access token is not valid", reason: storable(reason, "")}
 }
 
 // authorize returns nil when r's bearer token may use scope, having recorded

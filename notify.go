@@ -48,10 +48,10 @@ func (e *SendError) Unwrap() error { return e.Err }
 // maxStoredReason caps a reason, which is stored and shown to staff.
 const maxStoredReason = 200
 
-// storable returns s fit to store and show to staff: secret, unless empty,
-// replaced by "[redacted]" before the cut, so that no part of it stays; then
-// valid UTF-8, control characters turned to spaces, trimmed, and at most
-// maxStoredReason characters.
+// storable returns s fit to store, log and show to staff: secret, unless
+// empty, replaced by "[redacted]" before the cut, so that no part of it
+// stays; then valid UTF-8, control characters turned to spaces, trimmed, and
+// at most maxStoredReason characters.
 func storable(s, secret string) string {
 	if secret != "" {
 		s = strings.ReplaceAll(s, secret, "[redacted]")
