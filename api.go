@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -35,7 +36,6 @@ type server struct {
 	channels       *channels
 	outbox         *worker // told of committed outbox rows and of delivery reports
 	log            *slog.Logger
-	openapi        []byte
 	callbackSecret string        // AT_CALLBACK_SECRET; "" disables delivery reports
 	imports        chan struct{} // a slot per import that may run at once
 }
@@ -106,9 +106,12 @@ func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
 }
 
+//go:embed openapi.yaml
+var openapiYAML []byte
+
 func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
-	w.Write(s.openapi)
+	w.Write(openapiYAML)
 }
 
 // requestInfo is what the single log line written when a request ends says

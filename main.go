@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +22,6 @@ import (
 	"syscall"
 	"time"
 )
-
-//go:embed openapi.yaml
-var openapiYAML []byte
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -229,7 +225,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger) (*app, error) {
 	}
 	w := newWorker(st.db, cs, log)
 	return &app{cfg: cfg, log: log, store: st, worker: w, server: &server{
-		store: st, auth: auth, channels: cs, outbox: w, log: log, openapi: openapiYAML,
+		store: st, auth: auth, channels: cs, outbox: w, log: log,
 		callbackSecret: cfg.callbackSecret, imports: make(chan struct{}, maxImports),
 	}}, nil
 }
