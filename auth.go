@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -59,16 +58,11 @@ type authenticator struct {
 	verified map[[32]byte]*principal
 }
 
-// newAuthenticator discovers the provider at issuer and loads its keys,
-// retrying for up to patience so that a provider starting alongside the
-// service is waited for. client makes every request to the provider. What
-// it logs and returns shows issuer with any password redacted.
+// newAuthenticator discovers the provider at issuer, a URL without
+// credentials, and loads its keys, retrying for up to patience so that a
+// provider starting alongside the service is waited for. client makes every
+// request to the provider.
 func newAuthenticator(ctx context.Context, issuer string, audiences []string, client *http.Client, patience time.Duration, log *slog.Logger) (*authenticator, error) {
-	// loadConfig has parsed issuer; a URL that did not parse would show as
-	// nothing. go-oidc quotes the issuer as given, password and all.
-	u, _ := url.Parse(issuer)
-	shown := u.Redacted()
-	redact := func(err error) string { return storable(strings.ReplaceAll(err.Error(), issuer, shown), "") }
 	ctx = oidc.ClientContext(ctx, client)
 	var keys *keySet
 	err := retry(ctx, time.Now().Add(patience), func() error {
@@ -81,10 +75,10 @@ func newAuthenticator(ctx context.Context, issuer string, audiences []string, cl
 		keys, err = newKeySet(meta.JWKSURL, client, log)
 		return err
 	}, func(err error, wait time.Duration) {
-		log.Warn("OIDC discovery failed; retrying", "issuer", shown, "error", redact(err), "retry_in", wait.String())
+		log.Warn("OIDC discovery failed; retrying", "issuer", issuer, "error", storable(err.Error(), ""), "retry_in", wait.String())
 	})
 	if err != nil {
-		return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s/.well-known/openid-configuration failed: %s", strings.TrimSuffix(shown, "/"), redact(err))
+		return nil, fmt.Errorf("OIDC_ISSUER_URL: discovery at %s/.well-known/openid-configuration failed: %s", strings.TrimSuffix(issuer, "/"), storable(err.Error(), ""))
 	}
 	// go-oidc checks one audience; verify checks aud against all of them.
 	config := &oidc.Config{SkipClientIDCheck: true}

@@ -76,8 +76,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if _, err := strconv.ParseUint(c.port, 10, 16); err != nil {
 		return c, fmt.Errorf("PORT must be a TCP port number, not %q", c.port)
 	}
-	if u, err := url.Parse(c.issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return c, errors.New("OIDC_ISSUER_URL must be the provider's issuer, an http(s) URL such as https://login.example.com/realms/acme")
+	// An issuer with credentials could never match a token's iss, and would
+	// show its password in every error that quotes it.
+	if u, err := url.Parse(c.issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+		return c, errors.New("OIDC_ISSUER_URL must be the provider's issuer, an http(s) URL without credentials such as https://login.example.com/realms/acme")
 	}
 	if len(c.audiences) == 0 {
 		return c, errors.New("OIDC_AUDIENCE is required (the aud this API's access tokens carry; several may be given, comma-separated)")
