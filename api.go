@@ -100,7 +100,7 @@ func (s *server) handleReady(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.store.ping(ctx); err != nil {
 		s.log.Warn("not ready", "error", err)
-		writeProblem(w, http.StatusServiceUnavailable, "the database does not answer", nil)
+		fail(w, r, &requestError{status: http.StatusServiceUnavailable, detail: "the database does not answer"})
 		return
 	}
 	writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
@@ -182,16 +182,15 @@ func (s *server) observe(mux *http.ServeMux) http.Handler {
 // whether the path exists under another method (405, with Allow), but writes
 // plain text, so it runs against a sink and only its verdict is kept.
 func unrouted(w http.ResponseWriter, r *http.Request, muxAnswer http.Handler) {
-	discardBody(w, r)
 	sink := &headerSink{header: http.Header{}}
 	muxAnswer.ServeHTTP(sink, r)
 	if sink.status != http.StatusMethodNotAllowed {
-		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" "+r.URL.Path, nil)
+		fail(w, r, &requestError{status: http.StatusNotFound, detail: "no route for " + r.Method + " " + r.URL.Path})
 		return
 	}
 	allow := sink.header.Get("Allow")
 	w.Header().Set("Allow", allow)
-	writeProblem(w, http.StatusMethodNotAllowed, r.Method+" is not allowed here; allowed: "+allow, nil)
+	fail(w, r, &requestError{status: http.StatusMethodNotAllowed, detail: r.Method + " is not allowed here; allowed: " + allow})
 }
 
 // logRequest writes the request's log line; the cause of an internal error

@@ -171,7 +171,9 @@ func TestAPIInternalErrorAndReadiness(t *testing.T) {
 	line := ta.requestLog(id)
 	equal(t, "log level", line["level"], any("ERROR"))
 	contains(t, "logged error", line["error"].(string), "database is closed")
-	ta.do("GET", "/readyz", nil).must(t, http.StatusServiceUnavailable).problem(t)
+	ready := ta.do("GET", "/readyz", nil).must(t, http.StatusServiceUnavailable)
+	equal(t, "readyz detail", ready.problem(t).Detail, "the database does not answer")
+	equal(t, "readyz Retry-After", ready.header.Get("Retry-After"), "5")
 	ta.do("GET", "/healthz", nil).must(t, http.StatusOK)
 }
 

@@ -27,10 +27,11 @@ type conflictError struct{ detail string }
 
 func (e *conflictError) Error() string { return e.detail }
 
-// requestError is a request refused for what it holds: malformed JSON, an
-// unknown member, a body too large or of the wrong type (4xx), the service
-// too busy to take it (503), or, with status 422, well-formed input that
-// breaks a rule, naming every bad field (the first maxFieldErrors of them).
+// requestError is a request refused for what it holds: a path or method
+// with no route, malformed JSON, an unknown member, a body too large or of
+// the wrong type (4xx), the service too busy to take it or its database not
+// answering (503), or, with status 422, well-formed input that breaks a
+// rule, naming every bad field (the first maxFieldErrors of them).
 type requestError struct {
 	status int
 	detail string
@@ -172,9 +173,16 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 	auth, isAuth := errors.AsType[*authError](err)
 	conflict, isConflict := errors.AsType[*conflictError](err)
 	request, isRequest := errors.AsType[*requestError](err)
-	// A body past its byte limit is not read on: it was refused for its size.
+	// The rest of the body, up to the import limit, is read into nothing. An
+	// answer given before the body was read (an unknown path, a refused
+	// token, a wrong media type, no slot for a large body) would otherwise
+	// reach a client still sending as a reset, since net/http closes a
+	// connection on more than 256 KiB left unread. A client that asked for
+	// 100-continue is told to go on and sends a body that is thrown away;
+	// that costs it an upload, where the reset cost it the answer. A body past
+	// its byte limit is not read on: it was refused for its size.
 	if !isRequest || request.status != http.StatusRequestEntityTooLarge || request == errTooManyRows {
-		discardBody(w, r)
+		io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 	}
 	switch {
 	case errors.Is(err, errNotFound):
@@ -198,17 +206,6 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 		info.cause = err
 		writeProblem(w, http.StatusInternalServerError, "internal error; request id "+info.id, nil)
 	}
-}
-
-// discardBody reads the rest of r's body, up to the import limit, into
-// nothing. An answer given before the body was read (an unknown path, a
-// refused token, a wrong media type, no slot for a large body) would
-// otherwise reach a client still sending as a reset, since net/http closes a
-// connection on more than 256 KiB left unread. A client that asked for
-// 100-continue is told to go on and sends a body that is thrown away; that
-// costs it an upload, where the reset cost it the answer.
-func discardBody(w http.ResponseWriter, r *http.Request) {
-	io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxImportBody))
 }
 
 // databaseUnavailable reports whether err means the database could not be

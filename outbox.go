@@ -358,8 +358,7 @@ func (w *worker) report(ctx context.Context, r deliveryReport) error {
 // sending it.
 func (s *server) handleDeliveryReport(w http.ResponseWriter, r *http.Request) {
 	if s.callbackSecret == "" || subtle.ConstantTimeCompare([]byte(r.PathValue("secret")), []byte(s.callbackSecret)) != 1 {
-		discardBody(w, r)
-		writeProblem(w, http.StatusNotFound, "no route for "+r.Method+" /hooks/africastalking/…", nil)
+		fail(w, r, &requestError{status: http.StatusNotFound, detail: "no route for " + r.Method + " /hooks/africastalking/…"})
 		return
 	}
 	var err error
