@@ -89,10 +89,7 @@ func respondPage[T any](w http.ResponseWriter, r *http.Request, rows []T, err er
 		fail(w, r, err)
 		return
 	}
-	page := listPage[T]{Data: rows[:min(len(rows), limit)]}
-	if rows == nil {
-		page.Data = []T{} // an empty list is [], never null
-	}
+	page := listPage[T]{Data: append([]T{}, rows[:min(len(rows), limit)]...)} // an empty list is [], never null
 	if len(rows) > limit {
 		token := next(rows[limit-1]).encode()
 		page.NextCursor = &token
