@@ -458,8 +458,7 @@ func TestAuthTokenCache(t *testing.T) {
 
 // Start-up waits a bounded time for the provider: it gives up within its
 // patience with one line naming the variable to fix, and succeeds when the
-// provider answers meanwhile. A JWKS without a usable key is a provider that
-// does not answer.
+// provider answers meanwhile; a JWKS without a usable key is no answer.
 func TestAuthStartup(t *testing.T) {
 	client := &http.Client{Timeout: 2 * time.Second}
 	down, broken, keyless := httptest.NewServer(nil), newFakeOIDC(t), newFakeOIDC(t)

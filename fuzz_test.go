@@ -404,10 +404,9 @@ var fuzzChannels = func() *channels {
 // decodeCursor accepts exactly the cursors encode writes for the times and
 // ids a stored row can have, and so never hands PostgreSQL a value it refuses.
 func FuzzCursor(f *testing.F) {
-	for _, c := range []cursor{{Kind: 'c', ID: 1}, {Kind: 'o', Time: time.Date(2026, 11, 21, 9, 30, 0, 0, time.UTC), ID: 42}, {Kind: 'o', ID: 1}} {
-		f.Add(c.encode())
-	}
-	for _, s := range []string{"", "==", `{"k":111,"t":"9999-12-31T23:00:00-05:00","i":1}`, `{"k":110,"i":0}`, `{"k":99,"i":-1}`} {
+	// Cursors as encode writes them, then ones it never writes.
+	for _, s := range []string{`{"k":99,"i":1}`, `{"k":111,"t":"2026-11-21T09:30:00Z","i":42}`, `{"k":111,"i":1}`,
+		"", "==", `{"k":111,"t":"9999-12-31T23:00:00-05:00","i":1}`, `{"k":110,"i":0}`, `{"k":99,"i":-1}`} {
 		f.Add(base64.RawURLEncoding.EncodeToString([]byte(s)))
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -21,6 +21,9 @@ import (
 	"time"
 )
 
+// Tests run east of UTC, so that a time shown in local time fails them.
+func init() { time.Local = time.FixedZone("EAT", 3*60*60) }
+
 // testDatabaseURL is the server the integration tests use: TEST_DATABASE_URL,
 // else the local PostgreSQL on 127.0.0.1:5432.
 func testDatabaseURL() string {
@@ -137,12 +140,12 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 	return ta
 }
 
-// openDB opens a pool of connections to dbURL, closed when the test ends.
+// openDB opens a pool to dbURL as the service does; closed when the test ends.
 func openDB(t testing.TB, dbURL string) *sql.DB {
-	db, err := sql.Open("pgx", dbURL)
+	st, err := openStore(dbURL)
 	fatalIf(t, err)
-	t.Cleanup(func() { db.Close() })
-	return db
+	t.Cleanup(func() { st.close() })
+	return st.db
 }
 
 // exec runs a statement on the app's database.

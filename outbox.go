@@ -191,7 +191,6 @@ func (w *worker) claim(ctx context.Context, n int) ([]*claimed, error) {
 		c := &claimed{leaseEnd: leaseEnd}
 		err := row.Scan(&c.id, &c.attempts, &c.channel, &c.notice.To, &c.notice.OrderID, &c.notice.Name,
 			&c.notice.Item, &c.notice.Amount, &c.notice.Currency, &c.notice.Time)
-		c.notice.Time = c.notice.Time.UTC()
 		return c, err
 	})
 }

@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -48,6 +50,12 @@ func openStore(url string) (*store, error) {
 	// serves waiters in turn.
 	cfg.MaxConns = 16
 	cfg.MaxConnIdleTime = 5 * time.Minute
+	// Times are read in UTC, as the API shows them, not in the process's
+	// local zone.
+	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
+		conn.TypeMap().RegisterType(&pgtype.Type{Name: "timestamptz", OID: pgtype.TimestamptzOID, Codec: &pgtype.TimestamptzCodec{ScanLocation: time.UTC}})
+		return nil
+	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
@@ -142,7 +150,6 @@ const customerColumns = `id, code, name, phone, email, created_by, created_at`
 func scanCustomer(row scanner) (customer, error) {
 	var c customer
 	err := row.Scan(&c.ID, &c.Code, &c.Name, &c.Phone, &c.Email, &c.CreatedBy, &c.CreatedAt)
-	c.CreatedAt = c.CreatedAt.UTC()
 	c.Orders = []order{}
 	return c, notFound(err)
 }
@@ -336,20 +343,11 @@ func scanOrder(row scanner) (order, error) {
 	)
 	err := row.Scan(&o.ID, &o.CustomerID, &o.Item, &o.Amount, &o.Currency, &o.Time, &o.CreatedBy,
 		&channel, &status, &attempts, &n.LastError, &n.SentAt, &n.DeliveredAt)
-	o.Time = o.Time.UTC()
 	if channel != nil {
 		n.Channel, n.Status, n.Attempts = *channel, *status, *attempts
-		n.SentAt, n.DeliveredAt = utc(n.SentAt), utc(n.DeliveredAt)
 		o.Notification = &n
 	}
 	return o, notFound(err)
-}
-
-func utc(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	return new(t.UTC())
 }
 
 // getOrder returns one order with its notification, or errNotFound.
