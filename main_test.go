@@ -53,6 +53,12 @@ func TestLoadConfig(t *testing.T) {
 		}
 	}
 
+	for text, level := range map[string]slog.Level{"debug": slog.LevelDebug, "warn": slog.LevelWarn, "error": slog.LevelError} {
+		cfg, err := loadConfig(func(k string) string { return with("LOG_LEVEL", text)[k] })
+		fatalIf(t, err)
+		equal(t, "the level of LOG_LEVEL="+text, cfg.logLevel, level)
+	}
+
 	for _, tc := range []struct {
 		name  string
 		env   map[string]string
