@@ -171,7 +171,7 @@ func TestRunServesAndShutsDownGracefully(t *testing.T) {
 	if _, err := http.Get("http://" + addr + "/healthz"); err == nil {
 		t.Error("the server still answers after shutdown")
 	}
-	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "SMS notifications are written to the log"} {
+	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`, "SMS notifications are written to the log", "e-mail notifications are written to the log"} {
 		contains(t, "the log", logs.String(), want)
 	}
 }
