@@ -47,7 +47,7 @@ type orderInput struct {
 	Channel      *string    `json:"channel"`
 }
 
-// check reports to c every rule in breaks and returns the order it asks for;
+// check reports to c every rule it breaks and returns the order it asks for;
 // now is the default time. Where a field is bad the order holds a
 // placeholder, so that the store, asked only which customers the orders
 // reach, never meets a value it could not take (a NUL, a year past 9999).
