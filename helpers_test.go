@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,10 +28,7 @@ func init() { time.Local = time.FixedZone("EAT", 3*60*60) }
 // testDatabaseURL is the server the integration tests use: TEST_DATABASE_URL,
 // else the local PostgreSQL on 127.0.0.1:5432.
 func testDatabaseURL() string {
-	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	return cmp.Or(os.Getenv("TEST_DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 }
 
 var (
@@ -117,9 +115,7 @@ func newTestApp(t testing.TB, env map[string]string) *testApp {
 		"OIDC_AUDIENCE":   iss.audience,
 		"LOG_LEVEL":       "debug",
 	}
-	for k, v := range env {
-		vars[k] = v
-	}
+	maps.Copy(vars, env)
 	cfg, err := loadConfig(func(k string) string { return vars[k] })
 	fatalIf(t, err)
 	logs := &syncBuffer{}
@@ -390,10 +386,7 @@ func perOrder(senders ...*recordingSender) map[int64]int {
 func logLines(t testing.TB, logs string, match ...any) []map[string]any {
 	t.Helper()
 	var out []map[string]any
-	for line := range strings.SplitSeq(logs, "\n") {
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
+	for line := range strings.Lines(logs) {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatalf("log line %q is not JSON: %v", line, err)
@@ -440,20 +433,21 @@ func fatalIf(t testing.TB, err error) {
 }
 
 // equal fails the test, which goes on, unless got is want; what names the
-// value in the message.
-func equal[T comparable](t testing.TB, what string, got, want T) {
+// value in the message. It reports whether they were equal.
+func equal[T comparable](t testing.TB, what string, got, want T) bool {
 	t.Helper()
 	if got != want {
 		t.Errorf("%s: got %#v, want %#v", what, got, want)
 	}
+	return got == want
 }
 
 // mustEqual is equal for a value the rest of the test relies on: it stops
 // the test.
 func mustEqual[T comparable](t testing.TB, what string, got, want T) {
 	t.Helper()
-	if got != want {
-		t.Fatalf("%s: got %#v, want %#v", what, got, want)
+	if !equal(t, what, got, want) {
+		t.FailNow()
 	}
 }
 
