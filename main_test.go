@@ -58,6 +58,12 @@ func TestLoadConfig(t *testing.T) {
 		fatalIf(t, err)
 		equal(t, "the level of LOG_LEVEL="+text, cfg.logLevel, level)
 	}
+	for extra, want := range map[string]int32{"": 16, "&pool_max_conns=4": 4} {
+		st, err := openStore(valid["DATABASE_URL"] + extra)
+		fatalIf(t, err)
+		equal(t, "the pool size, DATABASE_URL ending in "+cmp.Or(extra, "sslmode=require"), st.pool.Config().MaxConns, want)
+		st.close()
+	}
 
 	for _, tc := range []struct {
 		name  string

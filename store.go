@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +37,8 @@ type store struct {
 }
 
 // openStore prepares the connection pool; it does not wait for the database.
-func openStore(url string) (*store, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+func openStore(dsn string) (*store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
@@ -47,8 +48,11 @@ func openStore(url string) (*store, error) {
 	// database/sql's own hands a freed connection to a random waiter, which
 	// makes waits geometric: with 64 clients placing orders on 16
 	// connections, p99 was 89 ms, against 43 ms with pgx's pool, which
-	// serves waiters in turn.
-	cfg.MaxConns = 16
+	// serves waiters in turn. DATABASE_URL's pool_max_conns, when given,
+	// sets another size: the operator knows the database's limit.
+	if u, err := url.Parse(dsn); err != nil || !u.Query().Has("pool_max_conns") {
+		cfg.MaxConns = 16
+	}
 	cfg.MaxConnIdleTime = 5 * time.Minute
 	// Times are read in UTC, as the API shows them, not in the process's
 	// local zone.
