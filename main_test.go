@@ -58,10 +58,11 @@ func TestLoadConfig(t *testing.T) {
 		fatalIf(t, err)
 		equal(t, "the level of LOG_LEVEL="+text, cfg.logLevel, level)
 	}
-	for extra, want := range map[string]int32{"": 16, "&pool_max_conns=4": 4} {
+	for extra, want := range map[string][2]any{"": {int32(16), 5 * time.Minute}, "&pool_max_conns=4&pool_max_conn_idle_time=1m": {int32(4), time.Minute}} {
 		st, err := openStore(valid["DATABASE_URL"] + extra)
 		fatalIf(t, err)
-		equal(t, "the pool size, DATABASE_URL ending in "+cmp.Or(extra, "sslmode=require"), st.pool.Config().MaxConns, want)
+		pool := st.pool.Config()
+		equal(t, "the pool's size and idle time, DATABASE_URL ending in "+cmp.Or(extra, "sslmode=require"), [2]any{pool.MaxConns, pool.MaxConnIdleTime}, want)
 		st.close()
 	}
 
